@@ -1,0 +1,73 @@
+"""`cdc stack up|down|status`: the embedded PostgreSQL and MongoDB-wire servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cdc.config import DEFAULT_DATA_DIR
+from cdc.errors import CheckFailed
+from cdc.redact import redact
+from cdc.stack import Stack
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar="CDC_DATA_DIR",
+    show_envvar=True,
+    help="Folder holding both servers' data, logs and stack.env.",
+)
+
+
+@click.group()
+def stack() -> None:
+    """Start, stop or inspect the embedded servers (PostgreSQL 18 and SecantusDB).
+
+    The servers run as their own processes and outlive the command. Every other command finds a
+    running stack under --data-dir by itself when no --pg/--mongo is given.
+    """
+
+
+@stack.command()
+@data_dir_option
+@click.option("--pg-port", type=click.IntRange(0, 65535), default=0, help="PostgreSQL port (0: a free one).")
+@click.option("--mongo-port", type=click.IntRange(0, 65535), default=0, help="MongoDB port (0: a free one).")
+@click.option("--fast", is_flag=True, help="fsync=off and friends: for throw-away test data only.")
+def up(data_dir: Path, pg_port: int, mongo_port: int, fast: bool) -> None:
+    """Start both servers (a no-op for those already running) and write <data-dir>/stack.env.
+
+    Data is kept across restarts; a port is reused when still free. stack.env is mode 0600 and
+    holds the PostgreSQL password; the copy printed here has it masked. Load it with
+    `set -a; . <data-dir>/stack.env; set +a`.
+    """
+    running = Stack(data_dir, fast=fast)
+    env = running.up(pg_port=pg_port, mongo_port=mongo_port)
+    for key, value in env.items():
+        click.echo(f"{key}={redact(value)}")
+    click.echo(f"# written to {running.paths.env_file}", err=True)
+
+
+@stack.command()
+@data_dir_option
+def down(data_dir: Path) -> None:
+    """Stop both servers cleanly; their data stays under --data-dir."""
+    Stack(data_dir).down()
+    click.echo("stack stopped", err=True)
+
+
+@stack.command()
+@data_dir_option
+def status(data_dir: Path) -> None:
+    """Show each server's state, pid, port, data and log; exit 1 unless both run."""
+    servers = Stack(data_dir).status()
+    for server in servers:
+        state = "running" if server.running else "stopped"
+        click.echo(
+            f"{server.name:<10} {state:<8} pid={server.pid or '-'} port={server.port or '-'} "
+            f"data={server.data_path} log={server.log_path}"
+        )
+    if not all(server.running for server in servers):
+        raise CheckFailed(f"the embedded stack under {data_dir} is not fully running (`cdc stack up`)")

@@ -1,0 +1,75 @@
+"""Where each setting comes from: flag, then ``CDC_*`` environment, then libpq's ``PG*`` variables
+(PostgreSQL only), then a running embedded stack under the data folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdc.errors import ConfigError, UsageError
+from cdc.redact import register_secret, secrets_in
+
+DEFAULT_DATA_DIR = Path(".orininu")
+DEFAULT_MONGO_DB = "orininu"
+# Any of these set means "let libpq decide" (an empty conninfo string picks them up).
+LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+
+def refuse_password_in_argument(flag: str, value: str | None) -> None:
+    """Passwords on the command line are visible to every local user through ``ps``."""
+    if value and secrets_in(value):
+        raise UsageError(
+            f"{flag} must not contain a password (anyone can read process arguments): "
+            "put the URI in the environment, or use PGPASSFILE / a 0600 file"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    pg_dsn_given: str | None = None
+    mongo_uri_given: str | None = None
+    mongo_db: str = DEFAULT_MONGO_DB
+    archive_dir_given: Path | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.pg_dsn_given, self.mongo_uri_given):
+            for secret in secrets_in(value or ""):
+                register_secret(secret)
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.archive_dir_given or self.data_dir / "archive"
+
+    def _stack_env(self) -> dict[str, str] | None:
+        from cdc.stack import Stack  # noqa: PLC0415  (imports nothing heavy, avoids a cycle)
+
+        return Stack(self.data_dir).running_env()
+
+    def pg_dsn(self) -> str:
+        """The PostgreSQL connection string to use, or ``ConfigError`` naming the ways to set one."""
+        if self.pg_dsn_given:
+            return self.pg_dsn_given
+        if any(os.environ.get(name) for name in LIBPQ_VARIABLES):
+            return ""
+        stack_env = self._stack_env()
+        if stack_env:
+            return stack_env["CDC_PG_DSN"]
+        raise ConfigError(
+            "no PostgreSQL configured: pass --pg, set CDC_PG_DSN or PGHOST/PGDATABASE, "
+            f"or start the embedded stack with `cdc stack up --data-dir {self.data_dir}`"
+        )
+
+    def mongo_uri(self) -> str:
+        """The MongoDB URI to use, or ``ConfigError`` naming the ways to set one."""
+        if self.mongo_uri_given:
+            return self.mongo_uri_given
+        stack_env = self._stack_env()
+        if stack_env:
+            return stack_env["CDC_MONGO_URI"]
+        raise ConfigError(
+            "no MongoDB configured: pass --mongo, set CDC_MONGO_URI, "
+            f"or start the embedded stack with `cdc stack up --data-dir {self.data_dir}`"
+        )

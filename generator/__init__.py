@@ -1,0 +1,1 @@
+"""Synthetic Orininu data: a deterministic bulk generator and a live workload."""
