@@ -166,5 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug: still one line, the traceback with -v
+        if State.verbose:
+            raise
+        click.echo(
+            f"cdc: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} (rerun with -v)", err=True
+        )
+        sys.exit(1)
     # click returns the code of `ctx.exit(code)` (e.g. 0 after --help); commands return None
     sys.exit(outcome if isinstance(outcome, int) else 0)

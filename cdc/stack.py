@@ -4,7 +4,7 @@
 Layout of ``<data-dir>``:
 
 - ``pg/``          PostgreSQL data directory (``pg/server.log`` is its log)
-- ``mongo/``       SecantusDB storage; ``mongo.log`` its log, ``mongo.pid`` its process id
+- ``mongo/``       SecantusDB storage; ``mongo.log`` its log, ``mongo.pid`` its process id and port
 - ``stack.json``   ports and the generated PostgreSQL password (0600)
 - ``stack.env``    ``CDC_PG_DSN=`` and ``CDC_MONGO_URI=`` (0600), read by every other command
 """
@@ -117,22 +117,52 @@ def _choose_port(requested: int, previous: int | None, what: str) -> int:
     return _free_port()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _log_tail(path: Path, lines: int = 5) -> str:
     try:
         tail = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
     except OSError:
         return ""
     return " | ".join(line.strip() for line in tail)
+
+
+def _spawn_detached(command: list[str], log_path: Path) -> int:
+    """Start ``command`` as a daemon (new session, parent is init, output appended to ``log_path``).
+
+    A short-lived shell backgrounds the server and reports its pid, so no zombie and no live
+    ``Popen`` object is left behind in this process.
+    """
+    # the shell's stdout is our pipe; the server's own stdout/stderr go to the log, so it keeps no
+    # end of the pipe and `run` returns as soon as the shell has printed the server's pid
+    launcher = 'log="$1"; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    try:
+        launched = subprocess.run(
+            ["/bin/sh", "-c", launcher, "sh", str(log_path), *command],
+            start_new_session=True,
+            check=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return int(launched.stdout.strip())
+    except (subprocess.SubprocessError, ValueError, OSError) as exc:
+        raise StackError(f"cannot start {command[0]}: {exc} (log: {log_path})") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class Stack:
@@ -266,7 +296,9 @@ class Stack:
         dsn = self.env()["CDC_PG_DSN"].rsplit("/", 1)[0] + "/postgres"
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]
+                ).fetchone()
                 if not exists:
                     conn.execute(f"CREATE DATABASE {PG_DATABASE}")  # a constant name, not input
         except psycopg.Error as exc:
@@ -284,12 +316,12 @@ class Stack:
 
     # ---- MongoDB-wire server ----------------------------------------------------------------
     def mongo_state(self) -> ServerState:
-        pid = None
+        pid = port = None
         running = False
         with contextlib.suppress(OSError, ValueError):
-            pid = int(self.paths.mongo_pid.read_text().strip())
+            pid_text, port_text = self.paths.mongo_pid.read_text().split()
+            pid, port = int(pid_text), int(port_text)
             running = _pid_alive(pid) and self._is_secantus(pid)
-        port = self._state().get("mongo_port")
         return ServerState("mongodb", running, pid, port, self.paths.mongo_data, self.paths.mongo_log)
 
     @staticmethod
@@ -302,6 +334,7 @@ class Stack:
     def _mongo_start(self, requested_port: int, state: dict[str, Any]) -> None:
         current = self.mongo_state()
         if current.running:
+            state["mongo_port"] = current.port
             return
         try:
             import secantus  # noqa: F401, PLC0415  (optional extra)
@@ -315,25 +348,17 @@ class Stack:
             "--storage-path", str(self.paths.mongo_data),
             "--log-level", "WARNING",
         ]  # fmt: skip
-        with open(self.paths.mongo_log, "ab") as log_file:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives this command and its terminal
-                close_fds=True,
-            )
-        _write_private(self.paths.mongo_pid, f"{process.pid}\n")
+        pid = _spawn_detached(command, self.paths.mongo_log)
+        _write_private(self.paths.mongo_pid, f"{pid} {port}\n")
         state["mongo_port"] = port
-        self._wait_for_mongo(process, port)
+        self._wait_for_mongo(pid, port)
 
-    def _wait_for_mongo(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def _wait_for_mongo(self, pid: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if process.poll() is not None:
+            if not _pid_alive(pid):
                 raise StackError(
-                    f"MongoDB server exited at start (code {process.returncode}): "
+                    "MongoDB server exited at start: "
                     f"{_log_tail(self.paths.mongo_log)} (log: {self.paths.mongo_log})"
                 )
             with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
@@ -349,8 +374,6 @@ class Stack:
         os.kill(current.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         while _pid_alive(current.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(current.pid, os.WNOHANG)
             time.sleep(0.1)
         if _pid_alive(current.pid):
             log.warning("MongoDB server did not stop on SIGTERM; killing it", extra={"action": "stack_kill"})
