@@ -120,10 +120,12 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import demo, schema, stack  # noqa: PLC0415
+    from cdc.commands import demo, generate, schema, stack  # noqa: PLC0415
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
+    cli.add_command(generate.generate)
+    cli.add_command(generate.workload)
     cli.add_command(demo.demo)
 
 

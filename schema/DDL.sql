@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS songs (
     genres       text[],
     price        numeric(6,2) CHECK (price >= 0),
     popularity   double precision CHECK (popularity >= 0),
+    -- unconstrained numeric: may hold more digits than Decimal128 carries
+    royalty_rate numeric      CHECK (royalty_rate >= 0),
     added_at     timestamptz  NOT NULL DEFAULT now()
 );
 

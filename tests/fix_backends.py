@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,18 +150,31 @@ def pg_template(backends: Backends) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_dsn(backends: Backends, pg_template: str) -> Iterator[str]:
-    """A fresh PostgreSQL database with the Orininu schema, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with _admin(backends) as admin:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(pg_template)
+def new_pg_database(backends: Backends, pg_template: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh PostgreSQL databases with the Orininu schema, all dropped after the test."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with _admin(backends) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(pg_template)
+                )
             )
-        )
-    yield make_conninfo(backends.pg_dsn, dbname=name)
+        created.append(name)
+        return make_conninfo(backends.pg_dsn, dbname=name)
+
+    yield create
     with _admin(backends) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in created:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_dsn(new_pg_database: Callable[[], str]) -> str:
+    """A fresh PostgreSQL database with the Orininu schema, dropped after the test."""
+    return new_pg_database()
 
 
 @pytest.fixture
