@@ -120,12 +120,15 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import demo, generate, schema, stack  # noqa: PLC0415
+    from cdc.commands import capture, demo, generate, schema, stack  # noqa: PLC0415
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
     cli.add_command(generate.generate)
     cli.add_command(generate.workload)
+    cli.add_command(capture.install)
+    cli.add_command(capture.uninstall)
+    cli.add_command(capture.export)
     cli.add_command(demo.demo)
 
 
@@ -171,9 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line, the traceback with -v
         if State.verbose:
             raise
-        click.echo(
-            f"cdc: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} (rerun with -v)", err=True
-        )
+        click.echo(f"cdc: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} (rerun with -v)", err=True)
         sys.exit(1)
     # click returns the code of `ctx.exit(code)` (e.g. 0 after --help); commands return None
     sys.exit(outcome if isinstance(outcome, int) else 0)

@@ -1,0 +1,291 @@
+"""Claim a batch of captured changes and write it to the archive, gap-free and in one snapshot.
+
+One REPEATABLE READ transaction per batch:
+
+1. lock the oldest outbox rows with ``FOR UPDATE SKIP LOCKED`` (never ``pos > last_seen``: a
+   sequence value is taken at insert time, so a transaction that commits late would be skipped)
+   until the batch holds ``batch_size`` keys, and move them to the ledger under a new batch id;
+2. read every claimed key's row in the same snapshot (a key with no row is a delete; an
+   UPDATE that changed a key claimed the old key too, which now has no row);
+3. encode and write the batch folder, fsync it, and write its manifest;
+4. commit; then move the folder into place.
+
+A crash before 4 rolls the claim back (the rows return to the outbox); a crash between the commit
+and the move leaves a ``.partial-`` folder that ``recover_partials`` moves into place next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from cdc import archive, capture, pg, tables
+from cdc.archive import BatchWriter
+from cdc.codec import RowEncoder, select_expression
+from cdc.errors import CdcError
+from cdc.tables import TableInfo
+
+log = logging.getLogger(__name__)
+
+INT64_MAX = 2**63 - 1
+_FETCH = 2_000
+
+
+class RowSecurityError(CdcError):
+    """Row-level security hides rows from this role; unseen rows would be exported as deletes."""
+
+
+@dataclass(frozen=True)
+class ExportedBatch:
+    batch_id: int
+    path: Path
+    keys: int
+    pos_min: int
+    pos_max: int
+    counts: dict[str, dict[str, int]]
+    seconds: float
+
+    @property
+    def rejected(self) -> int:
+        return sum(counter.get("rejected", 0) for counter in self.counts.values())
+
+
+def drain_connection(dsn: str) -> psycopg.Connection[Any]:
+    conn = pg.connect(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    return conn
+
+
+def outbox_head(conn: psycopg.Connection[Any]) -> int:
+    """The highest position in the outbox now (0 when empty)."""
+    with pg.translated("reading the outbox"):
+        row = conn.execute("SELECT coalesce(max(pos), 0) FROM cdc.outbox").fetchone()
+    conn.commit()
+    return int(row[0]) if row else 0
+
+
+def _claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str) -> tuple[int, list[int]] | None:
+    candidates = conn.execute(
+        "SELECT pos, coalesce(cardinality(keys), 0) FROM cdc.outbox WHERE pos <= %s"
+        " ORDER BY pos LIMIT %s FOR UPDATE SKIP LOCKED",
+        [up_to, batch_size],
+    ).fetchall()
+    if not candidates:
+        return None
+    chosen, keys = [], 0
+    for pos, count in candidates:  # bounded by keys, not rows: one row may hold a million keys
+        chosen.append(int(pos))
+        keys += int(count)
+        if keys >= batch_size:
+            break
+    batch_id_row = conn.execute("SELECT nextval('cdc.batch_seq')").fetchone()
+    assert batch_id_row is not None
+    batch_id = int(batch_id_row[0])
+    conn.execute(
+        "INSERT INTO cdc.batches (batch_id, mode, state, pos_min, pos_max, key_count)"
+        " VALUES (%s, %s, 'claimed', %s, %s, %s)",
+        [batch_id, mode, chosen[0], chosen[-1], keys],
+    )
+    conn.execute(
+        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys)
+           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys)
+           SELECT %s, pos, relid, op, keys FROM claimed""",
+        [chosen, batch_id],
+    )
+    return batch_id, chosen
+
+
+def check_row_security(conn: psycopg.Connection[Any], table: TableInfo) -> None:
+    """Refuse a table whose rows this role may not all see."""
+    row = conn.execute(
+        """SELECT c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls
+                  OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity))
+           FROM pg_class c, pg_roles r WHERE c.oid = %s AND r.rolname = current_user""",
+        [table.relid],
+    ).fetchone()
+    if row and row[0]:
+        raise RowSecurityError(
+            f"table {table.display} has row-level security that applies to role {conn.info.user!r}: rows it cannot "
+            "see would be exported as deletes; give the role BYPASSRLS or run as the table owner"
+        )
+
+
+def _rows_query(table: TableInfo) -> sql.Composed:
+    """Each changed key of the batch with its last position, its row (if any), in one statement."""
+    if len(table.key_columns) == 1:
+        key_values = [sql.SQL("(changed.key::{})").format(sql.SQL(table.key_type(table.key_columns[0])))]
+    else:
+        key_values = [
+            sql.SQL("((changed.key::{}).{})").format(capture.key_type_name(table.relid), sql.Identifier(column))
+            for column in table.key_columns
+        ]
+    by_name = {column.name: column for column in table.columns}
+    key_selects = [
+        select_expression(by_name[column], value) for column, value in zip(table.key_columns, key_values, strict=True)
+    ]
+    column_selects = [select_expression(column, sql.Identifier("t", column.name)) for column in table.columns]
+    return sql.SQL(
+        """WITH changed AS (
+             SELECT k.key, max(c.pos) AS pos
+             FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
+             WHERE c.batch_id = %(batch)s AND c.relid = %(relid)s AND c.op = 'k'
+             GROUP BY k.key)
+           SELECT changed.pos, {key_selects}, t.ctid IS NOT NULL, {column_selects}
+           FROM changed LEFT JOIN {table} AS t ON ({table_key}) = ({key_values})"""
+    ).format(
+        key_selects=sql.SQL(", ").join(key_selects),
+        column_selects=sql.SQL(", ").join(column_selects),
+        table=table.qualified,
+        table_key=sql.SQL(", ").join(sql.Identifier("t", column) for column in table.key_columns),
+        key_values=sql.SQL(", ").join(key_values),
+    )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def export_table(conn: psycopg.Connection[Any], writer: BatchWriter, table: TableInfo, batch_id: int) -> None:
+    """Write one table's changed keys of ``batch_id``: upserts for present rows, deletes for gone ones."""
+    encoder = RowEncoder(table.columns, table.key_columns)
+    width = len(table.key_columns)
+    upserts: list[bytes] = []
+    deletes: list[bytes] = []
+    with conn.cursor(name=f"drain_{table.relid}", binary=True) as cur:
+        cur.itersize = _FETCH
+        cur.execute(_rows_query(table), {"batch": batch_id, "relid": table.relid})
+        for row in cur:
+            pos, key, present = row[0], row[1 : 1 + width], row[1 + width]
+            try:
+                if present:
+                    upserts.append(encoder.upsert_line(key, row[2 + width :], pos))
+                else:
+                    deletes.append(encoder.delete_line(key, pos))
+            except Exception as exc:  # a value the mapping cannot carry: quarantine the row, keep going
+                reason = str(exc) or type(exc).__name__
+                writer.reject(table.display, [_short(value) for value in key], reason, pos)
+                log.warning(
+                    "rejected %s key %s: %s",
+                    table.display,
+                    _short(list(key)),
+                    _short(reason),
+                    extra={"action": "reject", "table": table.display},
+                )
+            if len(upserts) >= _FETCH:
+                writer.write_many(table.collection, "upsert", upserts)
+                upserts = []
+            if len(deletes) >= _FETCH:
+                writer.write_many(table.collection, "delete", deletes)
+                deletes = []
+    writer.write_many(table.collection, "upsert", upserts)
+    writer.write_many(table.collection, "delete", deletes)
+
+
+def _relations(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, list[int]]]:
+    """Each relation in the batch with its truncate positions."""
+    rows = conn.execute(
+        """SELECT relid::int, coalesce(array_agg(pos ORDER BY pos) FILTER (WHERE op = 't'), '{}')
+           FROM cdc.batch_changes WHERE batch_id = %s GROUP BY relid ORDER BY relid""",
+        [batch_id],
+    ).fetchall()
+    return [(int(relid), list(truncates)) for relid, truncates in rows]
+
+
+def _dropped_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int) -> Iterable[tuple[int, str]]:
+    return conn.execute(
+        "SELECT c.pos, k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
+        " WHERE c.batch_id = %s AND c.relid = %s",
+        [batch_id, relid],
+    ).fetchall()
+
+
+def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int) -> BatchWriter:
+    """Encode the ledger's changes of ``batch_id`` into a (not yet visible) batch folder."""
+    writer = BatchWriter(archive_dir, batch_id)
+    try:
+        for relid, truncates in _relations(conn, batch_id):
+            table = tables.describe(conn, relid)
+            if table is None:
+                for pos, key in _dropped_table_keys(conn, batch_id, relid):
+                    writer.reject(
+                        f"<dropped table oid {relid}>", key, "the table was dropped before the batch was read", pos
+                    )
+                log.warning("batch %d: table oid %d was dropped; its changes are in rejected.jsonl", batch_id, relid)
+                continue
+            check_row_security(conn, table)
+            for pos in truncates:
+                writer.truncate(table.collection, pos)
+            export_table(conn, writer, table, batch_id)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
+def export_batch(
+    conn: psycopg.Connection[Any], archive_dir: Path, *, batch_size: int, up_to: int | None = None, mode: str = "export"
+) -> ExportedBatch | None:
+    """Claim, read, write and commit one batch; None when there is nothing to claim.
+
+    ``conn`` must come from ``drain_connection`` (REPEATABLE READ). In ``export`` mode the batch is
+    final once written (state ``exported``); ``run`` mode leaves it for the applier.
+    """
+    started = time.perf_counter()
+    with pg.translated("exporting a batch"):
+        try:
+            claimed = _claim(conn, batch_size, up_to or INT64_MAX, mode)
+            if claimed is None:
+                conn.rollback()
+                return None
+            batch_id, positions = claimed
+            writer = write_batch(conn, archive_dir, batch_id)
+            manifest_counts = writer.collection_counts()
+            writer.finish(positions[0], positions[-1], {"mode": mode})
+            conn.execute(
+                "UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %s WHERE batch_id = %s",
+                [orjson.dumps(manifest_counts).decode(), batch_id],
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+    path = writer.publish()
+    changes = sum(counter.get("upsert", 0) + counter.get("delete", 0) for counter in manifest_counts.values())
+    exported = ExportedBatch(
+        batch_id, path, changes, positions[0], positions[-1], manifest_counts, time.perf_counter() - started
+    )
+    log.info(
+        "batch %d: %d changes (%d upserts, %d deletes, %d rejected) in %.3fs",
+        batch_id,
+        exported.keys,
+        sum(c.get("upsert", 0) for c in manifest_counts.values()),
+        sum(c.get("delete", 0) for c in manifest_counts.values()),
+        exported.rejected,
+        exported.seconds,
+        extra={"action": "batch_exported", "batch": batch_id, "changes": exported.keys},
+    )
+    return exported
+
+
+def recover_partials(conn: psycopg.Connection[Any], archive_dir: Path) -> None:
+    """Publish partial folders of batches the ledger committed; remove those it never committed."""
+    for path in archive.partial_batches(archive_dir):
+        batch_id = int(path.name.removeprefix(archive.PARTIAL_PREFIX))
+        with pg.translated("reading the ledger"):
+            row = conn.execute("SELECT state FROM cdc.batches WHERE batch_id = %s", [batch_id]).fetchone()
+        conn.commit()
+        if row is not None and (path / archive.MANIFEST).exists():
+            archive.publish(path, archive_dir / archive.batch_folder_name(batch_id))
+            log.info("batch %d: published after an interrupted export", batch_id, extra={"action": "recover"})
+        else:
+            shutil.rmtree(path, ignore_errors=True)
