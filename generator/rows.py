@@ -171,9 +171,7 @@ def albums(seed: int, counts: Counts, pools: Pools) -> Iterator[Row]:
     owners = _spread(rng, counts.albums, counts.artists)
     for album_id, artist_id in enumerate(owners, start=1):
         album_type = rng.choices(("album", "single", "ep", "compilation"), (60, 25, 10, 5))[0]
-        price = (
-            None if album_type == "single" and rng.random() < 0.5 else Decimal(rng.randint(499, 1999)) / 100
-        )
+        price = None if album_type == "single" and rng.random() < 0.5 else Decimal(rng.randint(499, 1999)) / 100
         yield (
             album_id,
             artist_id,
@@ -239,9 +237,7 @@ def songs(seed: int, counts: Counts, pools: Pools, album_rows: Sequence[Row]) ->
 def user_interaction(seed: int, counts: Counts, catalogue: Catalogue) -> Iterator[Row]:
     rng = _rng(seed, "user_interaction")
     count = counts.user_interaction
-    song_ids = rng.choices(
-        catalogue.song_popularity_rank, cum_weights=_zipf_cum_weights(counts.songs, 1.07), k=count
-    )
+    song_ids = rng.choices(catalogue.song_popularity_rank, cum_weights=_zipf_cum_weights(counts.songs, 1.07), k=count)
     user_order = list(range(1, counts.users + 1))
     rng.shuffle(user_order)
     user_ids = rng.choices(user_order, cum_weights=_zipf_cum_weights(counts.users, 0.8), k=count)

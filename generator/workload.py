@@ -233,9 +233,7 @@ class Workload:
 
     def delete_playlist(self, conn: psycopg.Connection[Any]) -> int:
         playlist_id = self._pick("playlists")
-        members = conn.execute(
-            "SELECT count(*) FROM playlist_songs WHERE playlist_id = %s", [playlist_id]
-        ).fetchone()
+        members = conn.execute("SELECT count(*) FROM playlist_songs WHERE playlist_id = %s", [playlist_id]).fetchone()
         cur = conn.execute("DELETE FROM playlists WHERE playlist_id = %s", [playlist_id])
         return cur.rowcount * (1 + (members[0] if members else 0))
 

@@ -97,9 +97,7 @@ def _testcontainers() -> Iterator[Backends]:
     from testcontainers.postgres import PostgresContainer
 
     with PostgresContainer("postgres:18", driver=None) as postgres:
-        mongo = (
-            DockerContainer("mongo:8").with_command("--replSet rs0 --bind_ip_all").with_exposed_ports(27017)
-        )
+        mongo = DockerContainer("mongo:8").with_command("--replSet rs0 --bind_ip_all").with_exposed_ports(27017)
         with mongo:
             wait_for_logs(mongo, "Waiting for connections", timeout=120)
             initiate = "rs.initiate({_id: 'rs0', members: [{_id: 0, host: 'localhost:27017'}]})"
@@ -158,9 +156,7 @@ def new_pg_database(backends: Backends, pg_template: str) -> Iterator[Callable[[
         name = f"t_{uuid.uuid4().hex[:12]}"
         with _admin(backends) as admin:
             admin.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(pg_template)
-                )
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(pg_template))
             )
         created.append(name)
         return make_conninfo(backends.pg_dsn, dbname=name)

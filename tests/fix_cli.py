@@ -26,9 +26,7 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def cdc(tmp_path: Path) -> CdcRunner:
     """``cdc(*args, env={...}, timeout=...)`` runs ``python -m cdc`` and returns the completed process."""
 
-    def run(
-        *args: str, env: dict[str, str] | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cdc", *args],
             env=clean_env(env),

@@ -24,9 +24,7 @@ from generator.workload import Workload
     help=f"A named size ({', '.join(NAMED_SCALES)}) or a multiplier of 'small'.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data, byte for byte.")
-@click.option(
-    "--csv", "csv_dir", type=click.Path(path_type=Path, file_okay=False), help="Also write <table>.csv here."
-)
+@click.option("--csv", "csv_dir", type=click.Path(path_type=Path, file_okay=False), help="Also write <table>.csv here.")
 @click.option("--replace", is_flag=True, help="Empty the Orininu tables first (TRUNCATE … CASCADE).")
 def generate(settings: Settings, scale: str, seed: int, csv_dir: Path | None, replace: bool) -> None:
     """Load deterministic synthetic Orininu data through COPY, one transaction per table.
@@ -53,9 +51,7 @@ def generate(settings: Settings, scale: str, seed: int, csv_dir: Path | None, re
 
 @click.command()
 @settings_options
-@click.option(
-    "--rate", type=click.FloatRange(min=0.1), default=50, show_default=True, help="Target row changes/s."
-)
+@click.option("--rate", type=click.FloatRange(min=0.1), default=50, show_default=True, help="Target row changes/s.")
 @click.option(
     "--duration",
     type=click.FloatRange(min=0),
@@ -64,9 +60,7 @@ def generate(settings: Settings, scale: str, seed: int, csv_dir: Path | None, re
     help="Seconds to run; 0 runs until Ctrl-C or SIGTERM.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Seeds the choice of operations.")
-@click.option(
-    "--no-long-transactions", is_flag=True, help="Skip the side connection that holds transactions open."
-)
+@click.option("--no-long-transactions", is_flag=True, help="Skip the side connection that holds transactions open.")
 def workload(settings: Settings, rate: float, duration: float, seed: int, no_long_transactions: bool) -> None:
     """A live mix of inserts, updates and deletes over the Orininu tables at RATE changes/s.
 

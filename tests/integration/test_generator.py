@@ -93,7 +93,6 @@ def test_workload_stops_cleanly_on_sigterm(pg_dsn, cdc):
     assert "changes in" in stdout
     with psycopg.connect(pg_dsn) as conn:
         idle = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchone()
     assert idle == (0,)

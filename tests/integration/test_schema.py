@@ -36,9 +36,7 @@ def test_schema_check_passes_on_consistent_data(dbs, cdc):
 def test_schema_check_fails_on_orphan_inserted_with_fk_triggers_bypassed(dbs, cdc):
     with psycopg.connect(dbs.pg_dsn) as conn:
         conn.execute("SET session_replication_role = replica")
-        conn.execute(
-            "INSERT INTO albums (artist_id, title, release_date) VALUES (4242, 'orphan', '2020-01-01')"
-        )
+        conn.execute("INSERT INTO albums (artist_id, title, release_date) VALUES (4242, 'orphan', '2020-01-01')")
     result = cdc("schema", "check", env=dbs.env())
     assert result.returncode == 1
     assert "orphan_albums_artist             FAILED (1 rows)" in result.stdout

@@ -9,9 +9,7 @@ import pytest
 
 
 def read_env(path):
-    return dict(
-        line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
-    )
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
 def pids(status_output):

@@ -46,10 +46,7 @@ def test_same_seed_same_rows_and_other_seed_differs():
 
 def test_foreign_keys_are_valid(small):
     _, data = small
-    ids = {
-        table: {row[0] for row in data[table]}
-        for table in ("users", "artists", "albums", "songs", "playlists")
-    }
+    ids = {table: {row[0] for row in data[table]} for table in ("users", "artists", "albums", "songs", "playlists")}
     assert all(row[1] in ids["artists"] for row in data["albums"])
     assert all(row[2] in ids["albums"] and row[3] in ids["artists"] for row in data["songs"])
     assert all(row[1] in ids["users"] and row[2] in ids["songs"] for row in data["user_interaction"])
@@ -102,9 +99,7 @@ def test_playlist_lengths_sum_exactly_and_respect_the_cap():
 
 def test_hostile_values_are_present(small):
     _, data = small
-    text_values = [
-        value for row in itertools.chain(*data.values()) for value in row if isinstance(value, str)
-    ]
+    text_values = [value for row in itertools.chain(*data.values()) for value in row if isinstance(value, str)]
     assert any("東京" in value for value in text_values)
     assert any("🎶" in value for value in text_values)
     assert any("مرحبا" in value for value in text_values)

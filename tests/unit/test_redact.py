@@ -46,8 +46,6 @@ def test_no_password_survives_in_a_uri(password):
 
 
 def test_logging_filter_redacts_rendered_message():
-    record = logging.LogRecord(
-        "cdc", logging.INFO, __file__, 1, "dsn %s", ("postgresql://u:pw123@h/d",), None
-    )
+    record = logging.LogRecord("cdc", logging.INFO, __file__, 1, "dsn %s", ("postgresql://u:pw123@h/d",), None)
     RedactingFilter().filter(record)
     assert record.getMessage() == "dsn postgresql://u:***@h/d"
