@@ -16,10 +16,11 @@ and the move leaves a ``.partial-`` folder that ``recover_partials`` moves into 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from cdc.tables import TableInfo
 log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
+EXPORT_LOCK_KEY = 0x0CDC_0002
 _FETCH = 2_000
 
 
@@ -232,6 +234,26 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
     return writer
 
 
+@contextlib.contextmanager
+def _exclusive_turn(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Exporters take turns, one batch each, under a session advisory lock.
+
+    Without turns, two batches claimed at once could read one key in snapshots that are ordered
+    differently from their batch ids, and a replay in batch order could bring back a deleted row.
+    The lock is taken in its own transaction, so the batch's snapshot starts after it is granted;
+    a dropped connection releases it.
+    """
+    conn.execute("SELECT pg_advisory_lock(%s)", [EXPORT_LOCK_KEY])
+    conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", [EXPORT_LOCK_KEY])
+            conn.commit()
+
+
 def export_batch(
     conn: psycopg.Connection[Any], archive_dir: Path, *, batch_size: int, up_to: int | None = None, mode: str = "export"
 ) -> ExportedBatch | None:
@@ -241,7 +263,7 @@ def export_batch(
     final once written (state ``exported``); ``run`` mode leaves it for the applier.
     """
     started = time.perf_counter()
-    with pg.translated("exporting a batch"):
+    with pg.translated("exporting a batch"), _exclusive_turn(conn):
         try:
             claimed = _claim(conn, batch_size, up_to or INT64_MAX, mode)
             if claimed is None:
@@ -259,7 +281,7 @@ def export_batch(
         except BaseException:
             conn.rollback()
             raise
-    path = writer.publish()
+        path = writer.publish()
     changes = sum(counter.get("upsert", 0) + counter.get("delete", 0) for counter in manifest_counts.values())
     exported = ExportedBatch(
         batch_id, path, changes, positions[0], positions[-1], manifest_counts, time.perf_counter() - started
