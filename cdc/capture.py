@@ -70,11 +70,15 @@ def _function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Composabl
     relid = sql.Literal(table.relid)
     if prefix == "trunc":
         return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(relid, wake)
-    sources = {"ins": ["cdc_new"], "upd": ["cdc_new", "cdc_old"], "del": ["cdc_old"]}[prefix]
-    selects = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {} AS k FROM {} AS r").format(key_text(table, "r"), sql.Identifier(source))
-        for source in sources
-    )
+    key = key_text(table, "r")
+    new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
+    old_keys = sql.SQL("SELECT {} AS k FROM cdc_old AS r").format(key)
+    selects = {
+        "ins": new_keys,
+        "del": old_keys,
+        # the new keys, plus the old keys that no longer exist: a changed primary key becomes a delete
+        "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
+    }[prefix]
     # HAVING skips statements that touched no row
     return sql.SQL(
         "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k) FROM ({}) AS changed"

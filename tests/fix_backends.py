@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -122,12 +124,15 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
         with _testcontainers() as found:
             yield found
     else:
-        stack = Stack(tmp_path_factory.mktemp("stack"), fast=True)
+        # not under pytest's basetemp: a concurrent pytest run prunes old basetemps, servers included
+        folder = Path(tempfile.mkdtemp(prefix="cdc-test-stack-"))
+        stack = Stack(folder, fast=True)
         env = stack.up()
         try:
             yield Backends(kind, env["CDC_PG_DSN"], env["CDC_MONGO_URI"])
         finally:
             stack.down()
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _admin(backends: Backends) -> psycopg.Connection[tuple[object, ...]]:
