@@ -37,8 +37,10 @@ DECIMAL128_DIGITS = 34
 DECIMAL128_MIN_EXPONENT, DECIMAL128_MAX_EXPONENT = -6176, 6111
 JSON_MAX_DEPTH = 90
 BSON_MAX_SIZE = 16 * 1024 * 1024
-# Above this many bytes of JSON a line is measured as BSON before it is written.
-_MEASURE_ABOVE = 4 * 1024 * 1024
+# Above this many bytes of JSON a line is measured as BSON before it is written. BSON can be 6.5 times
+# the JSON ("0," in a long array is 13 bytes: type, a 7-digit index key and its NUL, int32), so only
+# lines under 16 MiB / 8 are surely small enough.
+_MEASURE_ABOVE = BSON_MAX_SIZE // 8
 
 Converter = Callable[[Any], Any]
 Json = Any
@@ -86,14 +88,27 @@ def select_expression(column: Column, source: sql.Composable) -> sql.Composable:
     if column.is_array:
         if base == "money":
             return sql.SQL("{}::numeric[]").format(source)
-        if base in TEMPORAL_TYPES or base in STRING_TYPES or base in ("json", "jsonb") or _unknown(column):
+        if base == "inet":  # through the array's own text: its elements are inet's output text (see below)
+            return sql.SQL("{}::text::text[]").format(source)
+        if (
+            base in TEMPORAL_TYPES
+            or base in STRING_TYPES
+            or base in ("json", "jsonb")
+            or _unknown(column)
+            or column.type_category == "E"
+        ):
             return sql.SQL("{}::text[]").format(source)
-        return source
+        # An array of a domain arrives with the domain array's oid, which psycopg cannot load (binary: raw
+        # bytes, text: the literal '{…}'): read it as the base type's array ("character" alone is char(1)).
+        return sql.SQL("{}::{}[]").format(source, sql.SQL("bpchar" if base == "character" else base))
     if base in TEMPORAL_TYPES:
         return _temporal_as_text(source)
     if base == "money":
         return sql.SQL("{}::numeric").format(source)
-    if base in STRING_TYPES or base in ("json", "jsonb") or _unknown(column):
+    if base == "inet":  # inet::text always adds the netmask ('::1/128'); abbrev() is inet's output text ('::1')
+        return sql.SQL("abbrev({})").format(source)
+    # enums too: in binary results psycopg knows no loader for them and would return bytes
+    if base in STRING_TYPES or base in ("json", "jsonb") or _unknown(column) or column.type_category == "E":
         return sql.SQL("{}::text").format(source)
     return source
 
@@ -115,9 +130,10 @@ _KNOWN = frozenset(
 
 
 def _unknown(column: Column) -> bool:
-    """Types outside the mapping travel as their PostgreSQL text (enums are text already)."""
+    """Types outside the mapping travel as their PostgreSQL text (enums are text already). So does citext:
+    psycopg has no loader for it, and a binary cursor (the drain's) would hand over raw bytes."""
     base = column.base_type
-    return not (
+    return base == "citext" or not (
         base in _KNOWN or base in TEXT_TYPES or base in TEMPORAL_TYPES or base in STRING_TYPES
         or base in ("json", "jsonb") or column.type_category == "E"
     )  # fmt: skip
@@ -226,13 +242,17 @@ def _json_value(value: Any, depth: int) -> Json:
         for key, item in value.items():
             if key.startswith("$") or "." in key or "\x00" in key:
                 raise _NotCarried
+            key.encode()  # a lone surrogate ("\ud800" in json text) has no UTF-8: UnicodeEncodeError
             converted[key] = _json_value(item, depth + 1)
         return converted
     if isinstance(value, list):
         if depth >= JSON_MAX_DEPTH:
             raise _NotCarried
         return [_json_value(item, depth + 1) for item in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        value.encode()  # as for keys: orjson would refuse a lone surrogate when writing the line
+        return value
+    if isinstance(value, bool) or value is None:
         return value
     return _json_number(value)
 
@@ -288,8 +308,7 @@ def converter(column: Column) -> Converter:
 
     def convert_array(value: list[Any]) -> list[Any]:
         return [
-            None if item is None else convert_array(item) if isinstance(item, list) else element(item)
-            for item in value
+            None if item is None else convert_array(item) if isinstance(item, list) else element(item) for item in value
         ]
 
     return convert_array
@@ -318,8 +337,7 @@ class RowEncoder:
         if len(key) == 1:
             return self.key_converters[0](key[0])
         return {
-            name: convert(value)
-            for name, convert, value in zip(self.key_names, self.key_converters, key, strict=True)
+            name: convert(value) for name, convert, value in zip(self.key_names, self.key_converters, key, strict=True)
         }
 
     def upsert_line(self, key: Sequence[Any], row: Sequence[Any], pos: int) -> bytes:
@@ -330,9 +348,7 @@ class RowEncoder:
         return _checked(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE))
 
     def delete_line(self, key: Sequence[Any], pos: int) -> bytes:
-        return orjson.dumps(
-            {"_id": self.document_id(key), "_cdc": position(pos)}, option=orjson.OPT_APPEND_NEWLINE
-        )
+        return orjson.dumps({"_id": self.document_id(key), "_cdc": position(pos)}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _checked(line: bytes) -> bytes:

@@ -19,11 +19,20 @@ def table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> It
 
     Runs in the caller's transaction (use REPEATABLE READ for a consistent read).
     """
+    for _, line in keyed_table_lines(conn, table, pos):
+        yield line
+
+
+def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> Iterator[tuple[str, bytes]]:
+    """Like ``table_lines``, with each row's key in the outbox's text form."""
+    from cdc.capture import key_text  # noqa: PLC0415
+
     encoder = RowEncoder(table.columns, table.key_columns)
     by_name = {column.name: column for column in table.columns}
     key_selects = [select_expression(by_name[name], sql.Identifier("t", name)) for name in table.key_columns]
     column_selects = [select_expression(column, sql.Identifier("t", column.name)) for column in table.columns]
-    query = sql.SQL("SELECT {}, {} FROM {} AS t ORDER BY {}").format(
+    query = sql.SQL("SELECT {}, {}, {} FROM {} AS t ORDER BY {}").format(
+        key_text(table, "t"),
         sql.SQL(", ").join(key_selects),
         sql.SQL(", ").join(column_selects),
         table.qualified,
@@ -34,4 +43,4 @@ def table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> It
         cur.itersize = _FETCH
         cur.execute(query)
         for row in cur:
-            yield encoder.upsert_line(row[:width], row[width:], pos)
+            yield row[0], encoder.upsert_line(row[1 : 1 + width], row[1 + width :], pos)

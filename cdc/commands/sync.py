@@ -1,0 +1,251 @@
+"""`cdc run`, `cdc snapshot`, `cdc replay`, `cdc verify` and `cdc status`: the applying half."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from tqdm import tqdm
+
+from cdc import archive, capture, drain, mongo, pg, snapshot, verify
+from cdc.cli import settings_options
+from cdc.config import Settings
+from cdc.errors import CheckFailed, ConfigError
+from cdc.sink import Applier
+from cdc.worker import Worker
+
+
+def _applier(settings: Settings) -> Applier:
+    return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db])
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _require_capture(conn: Any) -> None:
+    if not capture.is_installed(conn):
+        raise ConfigError("capture is not installed: run `cdc install` first")
+
+
+@click.command()
+@settings_options
+@click.option(
+    "--interval", type=click.FloatRange(min=0.05), default=300, show_default=True, help="Seconds between polls."
+)
+@click.option("--listen", is_flag=True, help="Wake at once on NOTIFY (and still poll every --interval).")
+@click.option("--once", is_flag=True, help="Drain up to the outbox position seen at start, then exit.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
+def run(settings: Settings, interval: float, listen: bool, once: bool, batch_size: int) -> None:
+    """The sync worker: claim → archive → apply → mark applied, every --interval seconds.
+
+    Claimed keys stay in the ledger until MongoDB acknowledged the batch (w:majority), so a lost
+    archive folder is re-exported from them. On start it first finishes batches claimed but not
+    applied. A second worker waits for the first one's lock. SIGTERM/SIGINT stop it cleanly after
+    the current write; nothing is lost if it is killed instead.
+    """
+    stop = _stop_on_signals()
+    dsn = settings.pg_dsn()
+    with pg.connect(dsn) as conn:
+        _require_capture(conn)
+    worker = Worker(dsn, _applier(settings), settings.archive_dir, batch_size=batch_size, stop=stop)
+    stats = worker.run(interval=interval, listen=listen, once=once)
+    click.echo(
+        f"applied {stats.batches} batches, {stats.changes} changes ({stats.stale} stale, {stats.rejected} rejected)"
+    )
+
+
+@click.command(name="snapshot")
+@settings_options
+@click.option("--tables", "table_list", metavar="A,B", help="Only these captured tables [default: all].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
+def snapshot_command(settings: Settings, table_list: str | None, batch_size: int) -> None:
+    """Full migration of the captured tables (or some of them) to MongoDB, through the archive.
+
+    Every key is enqueued into the outbox in keyset-paginated chunks, then drained and applied
+    like any change, so it is consistent with a workload running meanwhile. Empty collections take
+    the insert path. Creates non-unique indexes for the foreign-key columns (never unique ones:
+    PostgreSQL enforces uniqueness, and a swap of unique values inside one batch would jam the
+    applier). Needs the worker lock: stop `cdc run` first, or let it apply the enqueued keys.
+    """
+    names = [name.strip() for name in table_list.split(",")] if table_list else None
+    dsn = settings.pg_dsn()
+    applier = _applier(settings)
+    with pg.connect(dsn) as conn:
+        _require_capture(conn)
+        chosen = snapshot.captured(conn, names)
+        fast = snapshot.empty_collections(applier.database, chosen)
+        total = 0
+        with tqdm(unit="keys", disable=None, desc="enqueue") as progress:
+            for table in chosen:
+                total += snapshot.enqueue_table(conn, table, progress)
+        for table in chosen:
+            snapshot.create_indexes(conn, applier.database, table)
+    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size)
+    worker.fast_insert = fast
+    if not worker.acquire(wait=False):
+        click.echo(f"enqueued {total} keys; a running worker holds the lock and will apply them")
+        return
+    try:
+        with pg.connect(dsn) as conn:
+            head = drain.outbox_head(conn)
+        worker.cycle(up_to=head)
+    finally:
+        worker.release()
+    click.echo(
+        f"snapshot: {total} rows of {len(chosen)} tables in {worker.stats.batches} batches "
+        f"({worker.stats.rejected} rejected)"
+    )
+
+
+@click.command()
+@settings_options
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--from", "first", type=int, help="First batch id to apply.")
+@click.option("--to", "last", type=int, help="Last batch id to apply.")
+@click.option("--force", is_flag=True, help="Apply batches the target already records as applied.")
+def replay(settings: Settings, directory: Path, first: int | None, last: int | None, force: bool) -> None:
+    """Apply archive batches from DIRECTORY to MongoDB, in batch order.
+
+    Into an empty database it rebuilds the state exactly. Batches the target records as applied
+    (collection _cdc_batches) are skipped unless --force; a forced replay that runs through to the
+    latest batch converges to the same state. Stopping early with --to can bring back rows that a
+    later batch deletes. Every batch's checksums are verified first; an incomplete batch stops it.
+    """
+    applier = _applier(settings)
+    done = applier.applied_batches()
+    paths = [
+        path
+        for path in archive.batch_paths(directory)
+        if (first is None or int(path.name) >= first) and (last is None or int(path.name) <= last)
+    ]
+    applied = skipped = 0
+    for path in tqdm(paths, unit="batch", disable=None, desc="replay"):
+        batch = archive.read_batch(path)
+        if batch.batch_id in done and not force:
+            skipped += 1
+            continue
+        applier.apply(batch)
+        applier.mark_applied(batch.batch_id)
+        applied += 1
+    click.echo(f"replayed {applied} batches, skipped {skipped} already applied")
+
+
+@click.command(name="verify")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option("--repair", is_flag=True, help="Re-sync exactly the differing keys, then verify again.")
+def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
+    """Compare PostgreSQL and MongoDB row by row under the type mapping; exit 1 on any difference.
+
+    Prints missing / extra / different counts per table with the first examples. --repair puts
+    the missing and different keys back into the outbox and applies them through the normal
+    archive + applier path; extra documents are deleted with a guard on their position.
+    """
+    dsn = settings.pg_dsn()
+    database = mongo.client(settings.mongo_uri())[settings.mongo_db]
+    with drain.drain_connection(dsn) as conn:
+        _require_capture(conn)
+        chosen = snapshot.captured(conn, None)
+        diffs = verify.verify(conn, database, chosen)
+        if repair and not all(diff.clean for diff in diffs):
+            _repair(settings, conn, database, chosen, diffs)
+            diffs = verify.verify(conn, database, chosen)
+    summaries = [diff.summary() for diff in diffs]
+    if as_json:
+        click.echo(orjson.dumps({"clean": all(d.clean for d in diffs), "tables": summaries}).decode())
+    else:
+        for item in summaries:
+            verdict = "ok" if not (item["missing"] or item["extra"] or item["different"]) else "DIFFERS"
+            click.echo(
+                f"{item['table']:<24} rows={item['rows']:<8} documents={item['documents']:<8} "
+                f"missing={item['missing']} extra={item['extra']} different={item['different']} {verdict}"
+            )
+            for kind, examples in item["examples"].items():
+                if examples:
+                    click.echo(f"    {kind}: " + ", ".join(examples))
+    if not all(diff.clean for diff in diffs):
+        bad = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
+        raise CheckFailed(f"verify found {bad} differences")
+
+
+def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:
+    for table, diff in zip(chosen, diffs, strict=True):
+        if diff.repair_keys:
+            conn.execute(
+                "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)", [table.relid, diff.repair_keys]
+            )
+        for key in diff.extra:
+            stored = database[table.collection].find_one({"_id": key}, {"_cdc": 1})
+            if stored is not None:
+                database[table.collection].delete_one({"_id": key, "_cdc": stored.get("_cdc")})
+    conn.commit()
+    worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
+    if not worker.acquire(wait=True):
+        return
+    try:
+        worker.cycle(up_to=drain.outbox_head(worker.conn))
+    finally:
+        worker.release()
+
+
+@click.command(name="status")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option("--max-backlog", type=int, help="Exit 1 when more changes than this wait in the outbox.")
+@click.option("--max-lag", type=float, help="Exit 1 when the oldest waiting change is older than this (seconds).")
+def status_command(settings: Settings, as_json: bool, max_backlog: int | None, max_lag: float | None) -> None:
+    """Backlog, lag, last batch, worker state, and captured tables whose triggers are missing."""
+    with pg.connect(settings.pg_dsn()) as conn:
+        _require_capture(conn)
+        row = conn.execute(
+            """SELECT (SELECT count(*) FROM cdc.outbox),
+                      (SELECT coalesce(sum(cardinality(keys)), 0) FROM cdc.outbox),
+                      (SELECT extract(epoch FROM now() - min(created_at)) FROM cdc.outbox),
+                      (SELECT max(batch_id) FROM cdc.batches WHERE state = 'applied'),
+                      (SELECT max(applied_at) FROM cdc.batches WHERE state = 'applied'),
+                      (SELECT count(*) FROM cdc.batches WHERE state <> 'applied' AND mode <> 'export'),
+                      (SELECT max(batch_id) FROM cdc.batches WHERE state = 'exported' AND mode = 'export'),
+                      EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s
+                              AND granted)""",
+            [0x0CDC, 3],
+        ).fetchone()
+        assert row is not None
+        tables_state = capture.captured_tables(conn)
+    broken = [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy]
+    report = {
+        "outbox_statements": int(row[0]),
+        "backlog_changes": int(row[1]),
+        "oldest_change_age_s": float(row[2]) if row[2] is not None else 0.0,
+        "last_applied_batch": row[3],
+        "last_applied_at": row[4].isoformat() if isinstance(row[4], dt.datetime) else None,
+        "unapplied_batches": int(row[5]),
+        "last_exported_batch": row[6],
+        "worker_running": bool(row[7]),
+        "tables": len(tables_state),
+        "tables_missing_triggers": broken,
+        "checked_at": time.time(),
+    }
+    if as_json:
+        click.echo(orjson.dumps(report).decode())
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:<24} {value}")
+    problems = []
+    if broken:
+        problems.append("captured tables lost their triggers: " + ", ".join(broken))
+    if max_backlog is not None and report["backlog_changes"] > max_backlog:
+        problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
+    if max_lag is not None and report["oldest_change_age_s"] > max_lag:
+        problems.append(f"lag {report['oldest_change_age_s']:.1f}s > {max_lag}s")
+    if problems:
+        raise CheckFailed("; ".join(problems))

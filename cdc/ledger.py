@@ -1,0 +1,35 @@
+"""The ledger's batch states, as the applying side reads and writes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from cdc import pg
+
+
+def pending_batches(conn: psycopg.Connection[Any]) -> list[int]:
+    """Batches claimed for applying (run or snapshot) and not yet applied, in ledger order."""
+    with pg.translated("reading the ledger"):
+        rows = conn.execute(
+            "SELECT batch_id FROM cdc.batches WHERE state <> 'applied' AND mode IN ('run', 'snapshot')"
+            " ORDER BY batch_id"
+        ).fetchall()
+    conn.commit()
+    return [int(row[0]) for row in rows]
+
+
+def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
+    """Applied: MongoDB acknowledged every write with w:majority. The claimed keys are released."""
+    with pg.translated(f"marking batch {batch_id} applied"):
+        conn.execute("UPDATE cdc.batches SET state = 'applied', applied_at = now() WHERE batch_id = %s", [batch_id])
+        conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = %s", [batch_id])
+        conn.commit()
+
+
+def applied_in_ledger(conn: psycopg.Connection[Any]) -> set[int]:
+    with pg.translated("reading the ledger"):
+        rows = conn.execute("SELECT batch_id FROM cdc.batches WHERE state = 'applied'").fetchall()
+    conn.commit()
+    return {int(row[0]) for row in rows}

@@ -1,0 +1,210 @@
+"""The applier: one archive batch into MongoDB, idempotently, in plain pymongo (Atlas works unchanged).
+
+- Truncate markers first: a collection's documents older than the marker are deleted.
+- Upserts are ``ReplaceOne({_id, "_cdc.pos": {$lt: pos}}, doc, upsert=True)`` and deletes
+  ``DeleteOne({_id, "_cdc.pos": {$lt: pos}})``, so an older change never overwrites or removes a
+  newer one. An E11000 on the ``_id`` index is stale only when a re-read shows a stored position
+  at least the incoming one: stale is counted and skipped, anything else is retried.
+- Write concern ``majority``. Transient errors (pymongo's ``AutoReconnect`` family, writes
+  labelled ``RetryableWriteError``) are retried with jittered exponential backoff and a stop,
+  one log line per retry; anything else stops with one clear error, the batch unapplied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pymongo.errors
+from bson import json_util
+from bson.codec_options import CodecOptions
+from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
+from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from cdc import archive
+from cdc.errors import MongoError
+from cdc.mongo import describe
+
+log = logging.getLogger(__name__)
+
+APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
+CHUNK = 1_000
+_JSON_OPTIONS = json_util.JSONOptions(
+    json_mode=json_util.JSONMode.CANONICAL, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4
+)
+DUPLICATE_KEY = 11000
+
+Document = dict[str, Any]
+
+
+@dataclass
+class ApplyStats:
+    upserted: int = 0
+    deleted: int = 0
+    stale: int = 0
+    truncated: int = 0
+    retries: int = 0
+    by_collection: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, collection: str, what: str, amount: int = 1) -> None:
+        self.by_collection.setdefault(collection, Counter())[what] += amount
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, pymongo.errors.AutoReconnect):
+        return True
+    return isinstance(exc, pymongo.errors.PyMongoError) and exc.has_error_label("RetryableWriteError")
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning(
+        "MongoDB write failed (%s); retry %d",
+        describe(exc) if isinstance(exc, pymongo.errors.PyMongoError) else exc,
+        state.attempt_number,
+        extra={"action": "mongo_retry", "attempt": state.attempt_number},
+    )
+
+
+transient_retry = retry(
+    retry=retry_if_exception(is_transient),
+    wait=wait_random_exponential(multiplier=0.2, max=10),
+    stop=stop_after_attempt(12),
+    before_sleep=_log_retry,
+    reraise=True,
+)
+
+
+def parse_line(line: bytes) -> Document:
+    document: Document = json_util.loads(line, json_options=_JSON_OPTIONS)
+    return document
+
+
+def pos_of(document: Document) -> int:
+    return int(document["_cdc"]["pos"])
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield line
+
+
+class Applier:
+    def __init__(self, database: Database[Document]) -> None:
+        self.database = database
+        self.options: CodecOptions[Document] = CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+
+    def collection(self, name: str) -> pymongo.collection.Collection[Document]:
+        return self.database.get_collection(name, codec_options=self.options, write_concern=WriteConcern(w="majority"))
+
+    def applied_batches(self) -> set[int]:
+        return {int(doc["_id"]) for doc in self.collection(APPLIED_COLLECTION).find({}, {"_id": 1})}
+
+    @transient_retry
+    def _write(self, collection: str, changes: list[tuple[str, Document]], stats: ApplyStats) -> None:
+        """One unordered bulk write of (kind, document) pairs; kind is upsert, insert or delete.
+
+        Duplicate-key errors are sorted out here: stale ones are counted, the rest written again
+        as guarded upserts.
+        """
+        target = self.collection(collection)
+        requests = [_request(kind, document) for kind, document in changes]
+        try:
+            result = target.bulk_write(requests, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            details = exc.details
+            again: list[tuple[str, Document]] = []
+            for error in details.get("writeErrors", []):
+                _kind, document = changes[error["index"]]
+                if error.get("code") != DUPLICATE_KEY:
+                    raise MongoError(
+                        f"{collection}: write of _id {_short(document['_id'])} rejected: "
+                        f"{_short(error.get('errmsg', error))} (code {error.get('code')})"
+                    ) from None
+                if self._is_stale(target, document):
+                    stats.stale += 1
+                    stats.count(collection, "stale")
+                else:  # an insert that met a document, or a newer document that moved under us
+                    again.append(("upsert", document))
+            stats.upserted += details.get("nUpserted", 0) + details.get("nModified", 0) + details.get("nInserted", 0)
+            stats.deleted += details.get("nRemoved", 0)
+            if again:
+                self._write(collection, again, stats)
+            return
+        stats.upserted += result.upserted_count + result.matched_count + result.inserted_count
+        stats.deleted += result.deleted_count
+
+    @staticmethod
+    def _is_stale(target: pymongo.collection.Collection[Document], document: Document) -> bool:
+        stored = target.find_one({"_id": document["_id"]}, {"_cdc.pos": 1})
+        return stored is not None and pos_of(stored) >= pos_of(document)
+
+    def _truncate(self, collection: str, pos: int, stats: ApplyStats) -> None:
+        @transient_retry
+        def run() -> int:
+            return self.collection(collection).delete_many({"_cdc.pos": {"$lt": pos}}).deleted_count
+
+        removed = run()
+        stats.truncated += removed
+        stats.count(collection, "truncated", removed)
+
+    def apply(self, batch: archive.Batch, *, fast_insert: set[str] | None = None) -> ApplyStats:
+        """Apply one verified batch; ``fast_insert`` names collections known to be empty (insert path)."""
+        stats = ApplyStats()
+        try:
+            for marker in batch.manifest["truncates"]:
+                self._truncate(marker["collection"], int(marker["pos"]), stats)
+            for op in ("upsert", "delete"):
+                for collection, path in batch.files(op):
+                    self._apply_file(
+                        collection, path, op, stats, fast=op == "upsert" and collection in (fast_insert or ())
+                    )
+        except pymongo.errors.PyMongoError as exc:
+            raise MongoError(f"batch {batch.batch_id}: {describe(exc)}") from exc
+        return stats
+
+    def _apply_file(self, collection: str, path: Path, op: str, stats: ApplyStats, *, fast: bool) -> None:
+        kind = "delete" if op == "delete" else "insert" if fast else "upsert"
+        changes: list[tuple[str, Document]] = []
+        for line in _lines(path):
+            changes.append((kind, parse_line(line)))
+            if len(changes) >= CHUNK:
+                self._write(collection, changes, stats)
+                stats.count(collection, op, len(changes))
+                changes = []
+        if changes:
+            self._write(collection, changes, stats)
+            stats.count(collection, op, len(changes))
+
+    def mark_applied(self, batch_id: int) -> None:
+        @transient_retry
+        def run() -> None:
+            self.collection(APPLIED_COLLECTION).replace_one(
+                {"_id": batch_id}, {"_id": batch_id, "applied_at": dt.datetime.now(dt.UTC)}, upsert=True
+            )
+
+        run()
+
+
+def _request(kind: str, document: Document) -> Any:
+    guard = {"_id": document["_id"], "_cdc.pos": {"$lt": pos_of(document)}}
+    if kind == "delete":
+        return DeleteOne(guard)
+    if kind == "insert":
+        return InsertOne(document)
+    return ReplaceOne(guard, document, upsert=True)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,227 @@
+"""The sync worker: claim → archive → apply → mark applied, one batch at a time.
+
+One worker applies at a time: it holds a session advisory lock, and checks before every batch
+that it still holds it (a lock is no fence once its connection has dropped). A second worker
+waits for the lock. On start, and after any error, batches claimed but not applied are finished
+first, re-exported from the ledger's keys when their archive folder is missing or damaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc import archive, drain, ledger, pg
+from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
+from cdc.sink import Applier, ApplyStats
+
+log = logging.getLogger(__name__)
+
+WORKER_LOCK = (0x0CDC, 3)  # pg_advisory_lock(int, int)
+NOTIFY_CHANNEL = "cdc_outbox"
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    changes: int = 0
+    stale: int = 0
+    rejected: int = 0
+    last_batch: int | None = None
+    last_success: float | None = None
+    latencies: list[float] = field(default_factory=list)
+
+
+class LockLost(CdcError):
+    """The worker lock was lost (its connection dropped)."""
+
+
+class Worker:
+    def __init__(
+        self,
+        dsn: str,
+        applier: Applier,
+        archive_dir: Path,
+        *,
+        batch_size: int = 50_000,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.applier = applier
+        self.archive_dir = archive_dir
+        self.batch_size = batch_size
+        self.stop = stop or threading.Event()
+        self.stats = RunStats()
+        self.fast_insert: set[str] = set()  # collections known empty: the insert path
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # ---- the lock -----------------------------------------------------------------------------
+    def acquire(self, wait: bool = True) -> bool:
+        self._lock_conn = pg.connect(self.dsn, autocommit=True)
+        while not self.stop.is_set():
+            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
+            if row and row[0]:
+                return True
+            if not wait:
+                return False
+            log.info("another worker holds the lock; waiting", extra={"action": "worker_wait"})
+            self.stop.wait(2)
+        return False
+
+    def check_lock(self) -> None:
+        conn = self._lock_conn
+        try:
+            row = (
+                conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                    " AND classid = %s AND objid = %s AND granted",
+                    WORKER_LOCK,
+                ).fetchone()
+                if conn is not None
+                else None
+            )
+        except psycopg.Error:
+            row = None
+        if not row or not row[0]:
+            raise LockLost()
+
+    def release(self) -> None:
+        for conn in (self._conn, self._lock_conn):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._conn = self._lock_conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = drain.drain_connection(self.dsn)
+        return self._conn
+
+    # ---- one batch ----------------------------------------------------------------------------
+    def _load_or_reexport(self, batch_id: int) -> archive.Batch:
+        path = self.archive_dir / archive.batch_folder_name(batch_id)
+        try:
+            return archive.read_batch(path)
+        except archive.ArchiveError as exc:
+            log.warning("batch %d: %s; re-exporting it from the ledger", batch_id, exc, extra={"action": "reexport"})
+        conn = self.conn
+        with pg.translated(f"re-exporting batch {batch_id}"):
+            try:
+                writer = drain.write_batch(conn, self.archive_dir, batch_id)
+                row = conn.execute(
+                    "SELECT pos_min, pos_max, mode FROM cdc.batches WHERE batch_id = %s", [batch_id]
+                ).fetchone()
+                assert row is not None
+                writer.finish(row[0], row[1], {"mode": row[2], "reexported": True})
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return archive.read_batch(writer.publish())
+
+    def apply_batch(self, batch_id: int, fast_insert: set[str] | None = None) -> ApplyStats:
+        self.check_lock()
+        batch = self._load_or_reexport(batch_id)
+        started = time.perf_counter()
+        result = self.applier.apply(batch, fast_insert=fast_insert)
+        self.applier.mark_applied(batch_id)
+        ledger.mark_applied(self.conn, batch_id)
+        self.stats.batches += 1
+        self.stats.changes += result.upserted + result.deleted + result.stale
+        self.stats.stale += result.stale
+        self.stats.last_batch = batch_id
+        self.stats.last_success = time.time()
+        log.info(
+            "batch %d applied: %d upserts, %d deletes, %d stale, %d truncated in %.3fs",
+            batch_id,
+            result.upserted,
+            result.deleted,
+            result.stale,
+            result.truncated,
+            time.perf_counter() - started,
+            extra={"action": "batch_applied", "batch": batch_id},
+        )
+        return result
+
+    def finish_pending(self) -> int:
+        pending = ledger.pending_batches(self.conn)
+        for batch_id in pending:
+            self.apply_batch(batch_id)
+        return len(pending)
+
+    def cycle(self, up_to: int | None = None) -> int:
+        """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``)."""
+        done = self.finish_pending()
+        while not self.stop.is_set():
+            self.check_lock()
+            exported = drain.export_batch(
+                self.conn, self.archive_dir, batch_size=self.batch_size, up_to=up_to, mode="run"
+            )
+            if exported is None:
+                break
+            self.stats.rejected += exported.rejected
+            self.apply_batch(exported.batch_id, self.fast_insert)
+            done += 1
+        return done
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, *, interval: float, listen: bool, once: bool) -> RunStats:
+        if not self.acquire():
+            return self.stats
+        listener = None
+        try:
+            if once:
+                self.cycle(up_to=drain.outbox_head(self.conn))
+                return self.stats
+            if listen:
+                listener = pg.connect(self.dsn, autocommit=True)
+                listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            while not self.stop.is_set():
+                try:
+                    self.cycle()
+                except (PostgresUnavailable, MongoUnavailable, LockLost) as exc:
+                    log.warning("cycle interrupted: %s; retrying", exc, extra={"action": "cycle_retry"})
+                    self._recover()
+                    continue
+                self._wait(listener, interval)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.release()
+        return self.stats
+
+    def _wait(self, listener: psycopg.Connection[Any] | None, interval: float) -> None:
+        if listener is None:
+            self.stop.wait(interval)
+            return
+        deadline = time.monotonic() + interval
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            # short slices, so a stop request is seen quickly; any notification wakes the worker
+            woke = False
+            for _ in listener.notifies(timeout=min(0.5, max(0.0, deadline - time.monotonic())), stop_after=1):
+                woke = True
+            if woke:
+                return
+
+    def _recover(self) -> None:
+        """After a lost connection: wait a little, reconnect, and take the lock again."""
+        self.stop.wait(1)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        try:
+            self.check_lock()
+        except LockLost:
+            if self._lock_conn is not None:
+                self._lock_conn.close()
+            try:
+                self.acquire()
+            except PostgresUnavailable as exc:
+                log.warning("PostgreSQL unavailable: %s", exc, extra={"action": "reconnect"})
