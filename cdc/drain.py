@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from cdc import archive, capture, pg, tables
+from cdc import archive, capture, faults, pg, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
 from cdc.errors import CdcError
@@ -228,6 +228,7 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
             for pos in truncates:
                 writer.truncate(table.collection, pos)
             export_table(conn, writer, table, batch_id)
+            faults.point("mid_archive")
     except BaseException:
         writer.abort()
         raise
@@ -270,14 +271,17 @@ def export_batch(
                 conn.rollback()
                 return None
             batch_id, positions = claimed
+            faults.point("after_claim")
             writer = write_batch(conn, archive_dir, batch_id)
             manifest_counts = writer.collection_counts()
             writer.finish(positions[0], positions[-1], {"mode": mode})
+            faults.point("before_commit")
             conn.execute(
                 "UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %s WHERE batch_id = %s",
                 [orjson.dumps(manifest_counts).decode(), batch_id],
             )
             conn.commit()
+            faults.point("after_commit")
         except BaseException:
             conn.rollback()
             raise

@@ -29,7 +29,7 @@ from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from cdc import archive
+from cdc import archive, faults
 from cdc.errors import MongoError
 from cdc.mongo import describe
 
@@ -181,10 +181,12 @@ class Applier:
             if len(changes) >= CHUNK:
                 self._write(collection, changes, stats)
                 stats.count(collection, op, len(changes))
+                faults.point("mid_bulk_write")
                 changes = []
         if changes:
             self._write(collection, changes, stats)
             stats.count(collection, op, len(changes))
+            faults.point("mid_bulk_write")
 
     def mark_applied(self, batch_id: int) -> None:
         @transient_retry

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from cdc import archive, drain, ledger, pg
+from cdc import archive, drain, faults, ledger, pg
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
 from cdc.sink import Applier, ApplyStats
 
@@ -131,6 +131,7 @@ class Worker:
         batch = self._load_or_reexport(batch_id)
         started = time.perf_counter()
         result = self.applier.apply(batch, fast_insert=fast_insert)
+        faults.point("before_mark_applied")
         self.applier.mark_applied(batch_id)
         ledger.mark_applied(self.conn, batch_id)
         self.stats.batches += 1

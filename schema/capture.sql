@@ -59,17 +59,19 @@ CREATE TABLE IF NOT EXISTS cdc.captured (
 -- kind: report
 -- Columns of one table in attnum order, with what the codec needs to map them.
 SELECT a.attname::text AS name,
-       format_type(coalesce(nullif(bt.typbasetype, 0), bt.oid), NULL) AS base_type,
-       t.typcategory = 'A' AS is_array,
-       coalesce(eb.typcategory, bt.typcategory)::text AS category,
+       format_type(coalesce(nullif(et.typbasetype, 0), et.oid), NULL) AS base_type,
+       rt.typcategory = 'A' AND rt.typelem <> 0 AS is_array,
+       coalesce(eb.typcategory, et.typcategory)::text AS category,
        format_type(a.atttypid, a.atttypmod) AS full_type,
        a.attnum
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
--- arrays: the element type; domains: their base type
-JOIN pg_type bt ON bt.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE
-                                 CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END END
-LEFT JOIN pg_type eb ON eb.oid = bt.typbasetype AND bt.typtype = 'd'
+-- a domain: its base type (arrays included: a domain over int[] is an int array)
+JOIN pg_type rt ON rt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+-- an array: its element type
+JOIN pg_type et ON et.oid = CASE WHEN rt.typcategory = 'A' AND rt.typelem <> 0 THEN rt.typelem ELSE rt.oid END
+-- an element that is itself a domain: the category of its base type
+LEFT JOIN pg_type eb ON eb.oid = et.typbasetype AND et.typtype = 'd'
 WHERE a.attrelid = %(relid)s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum;
 
