@@ -2,65 +2,162 @@
 
 from __future__ import annotations
 
-import click
+import threading
+import time
+from typing import Any
 
-from cdc import orininu, pg
+import click
+from pymongo.database import Database
+from tqdm import tqdm
+
+from cdc import capture, drain, mongo, orininu, pg, snapshot, verify
 from cdc.cli import settings_options
 from cdc.commands.schema import print_report
 from cdc.config import Settings
 from cdc.errors import CheckFailed
+from cdc.latency import LatencyProbe
+from cdc.sink import Applier
 from cdc.stack import Stack
+from cdc.worker import Worker
 from generator import load
-from generator.sizes import NAMED_SCALES, counts_for, parse_scale
+from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale
 from generator.workload import Workload
 
 
 @click.command()
 @settings_options
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0),
-    default=30,
-    show_default=True,
-    help="Seconds of live workload.",
-)
+@click.option("--duration", type=click.FloatRange(min=1), default=30, show_default=True, help="Seconds of live sync.")
 @click.option(
     "--scale",
-    default="tiny",
+    default="small",
     show_default=True,
     help=f"Size of the generated dataset ({', '.join(NAMED_SCALES)} or a multiplier).",
 )
+@click.option("--rate", type=click.FloatRange(min=1), default=100, show_default=True, help="Workload changes/s.")
 @click.option("--keep", is_flag=True, help="Leave the embedded stack running afterwards.")
-def demo(settings: Settings, duration: float, scale: str, keep: bool) -> None:
-    """Run the main job on the embedded default.
+def demo(settings: Settings, duration: float, scale: str, rate: float, keep: bool) -> None:
+    """Run the main job on the embedded default, end to end.
 
-    Stack up, schema apply, generate (replacing the Orininu tables' rows), a live workload, and the
-    schema checks. The pipeline stages join as they land. Uses --pg/--mongo instead of the
-    embedded stack when both are given; stops the embedded stack at the end unless --keep.
+    Stack up, schema, generate (replacing the Orininu tables' rows and the MongoDB database),
+    install capture, snapshot, then a live workload with `run --listen` for --duration seconds
+    (a live line of throughput, backlog and lag), verify, and a summary with the commit-to-MongoDB
+    latency. Exits 0 only when verify is clean. Uses --pg/--mongo instead of the embedded stack
+    when both are given; stops the embedded stack at the end unless --keep.
     """
     counts = counts_for(parse_scale(scale))
     embedded = not (settings.pg_dsn_given and settings.mongo_uri_given)
     stack = Stack(settings.data_dir)
     if embedded:
         stack.up()
-        click.echo(f"[1/5] stack up under {settings.data_dir} ({stack.paths.env_file})")
+        click.echo(f"[1/7] stack up under {settings.data_dir} ({stack.paths.env_file})")
     try:
-        dsn = settings.pg_dsn()
-        with pg.connect(dsn) as conn:
-            orininu.apply(conn)
-            click.echo("[2/5] schema applied")
-            loaded = load.load(conn, seed=1, counts=counts, replace=True)
-            click.echo(f"[3/5] generated {sum(entry.rows for entry in loaded):,} rows ({scale})")
-        stats = Workload(dsn, rate=50, duration=duration, seed=1).run()
-        click.echo(f"[4/5] workload: {stats.changes} changes in {stats.seconds:.0f}s ({stats.rate:.0f}/s)")
-        with pg.connect(dsn) as conn:
-            report = orininu.check(conn)
-        print_report(report)
-        if report.failed:
-            raise CheckFailed("demo: the schema checks failed")
-        click.echo("[5/5] schema checks passed")
+        _demo(settings, counts, scale, duration, rate)
     finally:
         if embedded and not keep:
             stack.down()
             click.echo("stack stopped (pass --keep to leave it running)")
-    click.echo("demo finished")
+
+
+def _demo(settings: Settings, counts: Counts, scale: str, duration: float, rate: float) -> None:
+    dsn = settings.pg_dsn()
+    client = mongo.client(settings.mongo_uri())
+    client.drop_database(settings.mongo_db)
+    database = client[settings.mongo_db]
+    try:
+        rows = _prepare(dsn, counts, scale)
+        _snapshot(dsn, database, settings, rows)
+        probe = _live_sync(dsn, database, settings, duration, rate)
+        _verify(dsn, database, probe)
+    finally:
+        client.close()
+
+
+def _prepare(dsn: str, counts: Counts, scale: str) -> int:
+    with pg.connect(dsn) as conn:
+        orininu.apply(conn)
+        capture.uninstall(conn)  # a fresh ledger for a fresh MongoDB database
+        click.echo("[2/7] schema applied")
+        loaded = load.load(conn, seed=1, counts=counts, replace=True)
+        rows = sum(entry.rows for entry in loaded)
+        click.echo(f"[3/7] generated {rows:,} rows ({scale})")
+        capture.install(conn, list(orininu.TABLES))
+        click.echo("[4/7] capture installed on " + ", ".join(orininu.TABLES))
+    return rows
+
+
+def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int) -> None:
+    started = time.perf_counter()
+    worker = Worker(dsn, Applier(database), settings.archive_dir)
+    with pg.connect(dsn) as conn:
+        chosen = snapshot.captured(conn, None)
+        worker.fast_insert = snapshot.empty_collections(database, chosen)
+        with tqdm(unit="keys", disable=None, desc="snapshot") as progress:
+            for table in chosen:
+                snapshot.enqueue_table(conn, table, progress)
+                snapshot.create_indexes(conn, database, table)
+    worker.acquire()
+    try:
+        worker.cycle(up_to=drain.outbox_head(worker.conn))
+    finally:
+        worker.release()
+    click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
+
+
+def _live_sync(dsn: str, database: Database[Any], settings: Settings, duration: float, rate: float) -> LatencyProbe:
+    stop = threading.Event()
+    worker = Worker(dsn, Applier(database), settings.archive_dir, stop=stop)
+    worker_thread = threading.Thread(
+        target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True
+    )
+    workload = Workload(dsn, rate=rate, duration=duration, seed=1)
+    workload_thread = threading.Thread(target=workload.run, daemon=True)
+    probe = LatencyProbe(dsn, database)
+    worker_thread.start()
+    workload_thread.start()
+    probe.start()
+    with pg.connect(dsn, autocommit=True) as conn:
+        while workload_thread.is_alive():
+            workload_thread.join(timeout=2)
+            backlog, age = conn.execute(
+                "SELECT coalesce(sum(cardinality(keys)), 0), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                " FROM cdc.outbox"
+            ).fetchone() or (0, 0)
+            click.echo(
+                f"  live: {workload.stats.changes:>6} changes made, {worker.stats.changes:>6} applied in "
+                f"{worker.stats.batches} batches, backlog {backlog}, lag {float(age):.1f}s"
+            )
+        probe.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # let the worker catch up
+            waiting = conn.execute(
+                "SELECT (SELECT count(*) FROM cdc.outbox) + (SELECT count(*) FROM cdc.batches WHERE state <> 'applied')"
+            ).fetchone()
+            if waiting == (0,):
+                break
+            time.sleep(0.2)
+    stop.set()
+    worker_thread.join(timeout=60)
+    click.echo(
+        f"[6/7] live sync: {workload.stats.changes} changes at {workload.stats.rate:.0f}/s, "
+        f"{worker.stats.batches} batches applied"
+    )
+    return probe
+
+
+def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
+    with drain.drain_connection(dsn) as conn:
+        diffs = verify.verify(conn, database, snapshot.captured(conn, None))
+        report = orininu.check(conn)
+    print_report(report)
+    compared = sum(diff.rows for diff in diffs)
+    differences = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
+    p50, p99 = probe.percentile(0.5), probe.percentile(0.99)
+    latency = (
+        f"commit-to-MongoDB latency p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(probe.samples)} probes"
+        if p50 is not None and p99 is not None
+        else "no latency probe completed"
+    )
+    click.echo(f"[7/7] verify: {compared:,} rows compared, {differences} differences; {latency}")
+    if differences or report.failed:
+        raise CheckFailed("demo: verify found differences" if differences else "demo: the schema checks failed")
+    click.echo("demo finished: MongoDB matches PostgreSQL row for row")
