@@ -24,12 +24,10 @@ def client(uri: str, *, timeout_ms: int = 10_000) -> pymongo.MongoClient[dict[st
     for secret in secrets_in(uri):
         register_secret(secret)
     try:
-        mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri,
-            appname="orininu-cdc",
-            serverSelectionTimeoutMS=timeout_ms,
-            tz_aware=True,
-        )
+        options: dict[str, Any] = {"appname": "orininu-cdc", "tz_aware": True}
+        if "serverselectiontimeoutms" not in uri.lower():  # a URI option wins over our default
+            options["serverSelectionTimeoutMS"] = timeout_ms
+        mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **options)
         mongo.admin.command("ping")
     except pymongo.errors.PyMongoError as exc:
         raise MongoUnavailable(f"cannot connect to MongoDB: {describe(exc)}") from None

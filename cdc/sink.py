@@ -27,9 +27,16 @@ from bson.codec_options import CodecOptions
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
-from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_random_exponential,
+)
 
-from cdc import archive, faults
+from cdc import archive, faults, shutdown
 from cdc.errors import MongoError
 from cdc.mongo import describe
 
@@ -77,7 +84,8 @@ def _log_retry(state: RetryCallState) -> None:
 transient_retry = retry(
     retry=retry_if_exception(is_transient),
     wait=wait_random_exponential(multiplier=0.2, max=10),
-    stop=stop_after_attempt(12),
+    stop=stop_after_attempt(12) | stop_when_event_set(shutdown.REQUESTED),
+    sleep=shutdown.sleep,
     before_sleep=_log_retry,
     reraise=True,
 )

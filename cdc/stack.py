@@ -92,7 +92,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on the port (connections lingering in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -392,6 +394,16 @@ class Stack:
         """Stop both servers; the data stays."""
         self._mongo_stop()
         self._pg_stop()
+
+    def stop_mongo(self) -> None:
+        """Stop only the MongoDB-wire server (outage tests)."""
+        self._mongo_stop()
+
+    def start_mongo(self) -> None:
+        """Start the MongoDB-wire server again on its previous port."""
+        state = self._state()
+        self._mongo_start(int(state.get("mongo_port") or 0), state)
+        self._save_state(state)
 
     def status(self) -> list[ServerState]:
         return [self.pg_state(), self.mongo_state()]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import click
 
-from cdc import capture, drain, orininu, pg
+from cdc import capture, drain, orininu, pg, shutdown
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import ConfigError
@@ -80,8 +77,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     then on the archive is the only copy of those changes: keep it on durable storage. The
     ledger (schema "cdc") keeps every batch's state and keys.
     """
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = shutdown.install_handlers()
     total_batches = total_changes = 0
     with drain.drain_connection(settings.pg_dsn()) as conn:
         if not capture.is_installed(conn):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import click
 import orjson
 from tqdm import tqdm
 
-from cdc import archive, capture, drain, mongo, pg, snapshot, verify
+from cdc import archive, capture, drain, mongo, pg, shutdown, snapshot, verify
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
@@ -23,13 +21,6 @@ from cdc.worker import Worker
 
 def _applier(settings: Settings) -> Applier:
     return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db])
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
 
 
 def _require_capture(conn: Any) -> None:
@@ -53,7 +44,7 @@ def run(settings: Settings, interval: float, listen: bool, once: bool, batch_siz
     applied. A second worker waits for the first one's lock. SIGTERM/SIGINT stop it cleanly after
     the current write; nothing is lost if it is killed instead.
     """
-    stop = _stop_on_signals()
+    stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
     with pg.connect(dsn) as conn:
         _require_capture(conn)

@@ -1,0 +1,71 @@
+"""MongoDB stopped mid-run: the worker retries, then catches up, and verify is clean."""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cdc.stack import Stack
+from tests.fix_backends import backend_kind
+from tests.fix_cli import clean_env
+
+OUTAGE_SECONDS = 8
+
+
+@pytest.fixture
+def own_stack():
+    """A private embedded stack: this test stops its MongoDB server."""
+    if backend_kind() != "embedded":
+        pytest.skip("stops the embedded MongoDB server; other backends are not ours to stop")
+    folder = Path(tempfile.mkdtemp(prefix="cdc-outage-"))
+    stack = Stack(folder, fast=True)
+    env = stack.up()
+    yield stack, env, folder
+    stack.down()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_worker_survives_a_mongodb_outage(own_stack, cdc):
+    stack, stack_env, folder = own_stack
+    # a short server selection timeout, so the outage surfaces as errors and retries
+    uri = stack_env["CDC_MONGO_URI"] + "&serverSelectionTimeoutMS=1500"
+    env = {**stack_env, "CDC_MONGO_URI": uri, "CDC_MONGO_DB": "outage", "CDC_ARCHIVE_DIR": str(folder / "archive")}
+    for args in (("generate", "--scale", "tiny"), ("install",), ("snapshot",)):
+        result = cdc(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run", "--listen", "--interval", "1", "--batch-size", "50"],
+        env=clean_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        live = cdc("workload", "--rate", "100", "--duration", "3", "--no-long-transactions", env=env)
+        assert live.returncode == 0, live.stderr
+        stack.stop_mongo()
+        during = cdc("workload", "--rate", "100", "--duration", str(OUTAGE_SECONDS), "--no-long-transactions", env=env)
+        assert during.returncode == 0, during.stderr
+        stack.start_mongo()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            status = cdc("status", "--json", "--max-backlog", "0", env=env)
+            if status.returncode == 0 and '"unapplied_batches":0' in status.stdout:
+                break
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        try:
+            _, stderr = worker.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, stderr = worker.communicate()
+            pytest.fail("worker did not stop on SIGTERM: " + stderr[-3000:])
+    assert worker.returncode == 0, stderr[-3000:]
+    assert "retry" in stderr  # it did meet the outage
+    result = cdc("verify", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
