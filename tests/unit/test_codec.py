@@ -10,13 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
 import struct
-import subprocess
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import bson
@@ -32,6 +29,7 @@ from psycopg import sql
 
 from cdc import codec
 from cdc.codec import Column, DocumentTooLarge, RowEncoder, converter, select_expression
+from tests.mongoimport_check import mongoimport_parse
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -230,27 +228,6 @@ def json_text(value: Any, *, ascii_only: bool = False) -> str:
 
 def floor_ms(moment: dt.datetime) -> dt.datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def check_tool() -> Path:
-    configured = os.environ.get("MONGOIMPORT_PARSE_CHECK")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3] / "shared" / "tools" / "mongoimport-parse" / "check"
-
-
-def mongoimport_parse(path: Path) -> list[dict[str, Any]]:
-    """Run the Go driver's parser over ``path``; every line must parse. Returns what each became."""
-    tool = check_tool()
-    if not tool.exists():
-        pytest.fail(f"the mongoimport parse check is missing at {tool} (set MONGOIMPORT_PARSE_CHECK)")
-    result = subprocess.run([str(tool), str(path)], capture_output=True, text=True, timeout=540, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    parsed = []
-    for output in result.stdout.splitlines():
-        assert output.startswith("OK "), output
-        parsed.append(json.loads(output.split(": ", 1)[1]))
-    return parsed
 
 
 # ---- one value in one line ----------------------------------------------------------------------
