@@ -11,7 +11,7 @@ import click
 import orjson
 from tqdm import tqdm
 
-from cdc import archive, capture, drain, mongo, pg, shutdown, snapshot, verify
+from cdc import archive, capture, dql_mongo, drain, mongo, pg, shutdown, snapshot, verify
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
@@ -151,9 +151,13 @@ def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
         if repair and not all(diff.clean for diff in diffs):
             _repair(settings, conn, database, chosen, diffs)
             diffs = verify.verify(conn, database, chosen)
+        orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
+        queries = dql_mongo.compare(conn, database) if orininu_captured else []
     summaries = [diff.summary() for diff in diffs]
+    dql = [{"query": q.name, "equal": q.equal} for q in queries]
     if as_json:
-        click.echo(orjson.dumps({"clean": all(d.clean for d in diffs), "tables": summaries}).decode())
+        clean = all(d.clean for d in diffs) and all(q.equal for q in queries)
+        click.echo(orjson.dumps({"clean": clean, "tables": summaries, "dql": dql}).decode())
     else:
         for item in summaries:
             verdict = "ok" if not (item["missing"] or item["extra"] or item["different"]) else "DIFFERS"
@@ -164,9 +168,14 @@ def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
             for kind, examples in item["examples"].items():
                 if examples:
                     click.echo(f"    {kind}: " + ", ".join(examples))
+        for query in queries:
+            click.echo(f"dql {query.name:<20} {'same answer' if query.equal else 'DIFFERS'} on both sides")
     if not all(diff.clean for diff in diffs):
         bad = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
         raise CheckFailed(f"verify found {bad} differences")
+    unequal = [q.name for q in queries if not q.equal]
+    if unequal:
+        raise CheckFailed("the validation queries answer differently on MongoDB: " + ", ".join(unequal))
 
 
 def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:

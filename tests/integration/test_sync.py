@@ -50,7 +50,9 @@ def collection_state(env):
 
 
 def test_snapshot_then_run_once_then_verify_is_clean(loaded, cdc):
-    verify_clean(cdc, loaded)
+    first = verify_clean(cdc, loaded)
+    assert "dql top_songs            same answer on both sides" in first.stdout
+    assert "dql plays_per_user       same answer on both sides" in first.stdout
     workload(cdc, loaded)
     result = cdc("run", "--once", "--batch-size", "200", env=loaded)
     assert result.returncode == 0, result.stderr
