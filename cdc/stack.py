@@ -291,13 +291,14 @@ class Stack:
 
     def _pg_create_database(self) -> None:
         import psycopg  # noqa: PLC0415
+        from psycopg import sql  # noqa: PLC0415
 
         dsn = self.env()["CDC_PG_DSN"].rsplit("/", 1)[0] + "/postgres"
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
                 if not exists:
-                    conn.execute(f"CREATE DATABASE {PG_DATABASE}")  # a constant name, not input
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PG_DATABASE)))
         except psycopg.Error as exc:
             raise StackError(f"cannot create database {PG_DATABASE}: {exc}") from None
 

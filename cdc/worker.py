@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from cdc import archive, drain, faults, ledger, pg
+from cdc.capture import NOTIFY_CHANNEL
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
 from cdc.sink import Applier, ApplyStats
 
 log = logging.getLogger(__name__)
 
 WORKER_LOCK = (0x0CDC, 3)  # pg_advisory_lock(int, int)
-NOTIFY_CHANNEL = "cdc_outbox"
 
 
 @dataclass
@@ -183,7 +184,7 @@ class Worker:
                 return self.stats
             if listen:
                 listener = pg.connect(self.dsn, autocommit=True)
-                listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
             while not self.stop.is_set():
                 try:
                     self.cycle()

@@ -110,14 +110,15 @@ def _defer_constraints(conn: psycopg.Connection[Any], table: str) -> list[sql.Co
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(definition)
             )
         )
-    for name, definition in conn.execute(
-        """SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+    for schema, name, definition in conn.execute(
+        """SELECT n.nspname::text, c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE i.indrelid = %s::regclass AND NOT i.indisprimary
-             AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-           ORDER BY 1""",
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+           ORDER BY 2""",
         [relation],
     ).fetchall():
-        conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))  # a regclass text, already quoted
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
         restore.append(sql.SQL(definition))
     return restore
 
