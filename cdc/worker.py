@@ -26,6 +26,7 @@ from cdc.sink import Applier, ApplyStats
 log = logging.getLogger(__name__)
 
 WORKER_LOCK = (0x0CDC, 3)  # pg_advisory_lock(int, int)
+DEBOUNCE_S = 0.005
 
 
 @dataclass
@@ -210,6 +211,9 @@ class Worker:
             for _ in listener.notifies(timeout=min(0.5, max(0.0, deadline - time.monotonic())), stop_after=1):
                 woke = True
             if woke:
+                # debounce: a burst of commits wakes one cycle, not one cycle per commit
+                for _ in listener.notifies(timeout=DEBOUNCE_S):
+                    pass
                 return
 
     def _recover(self) -> None:

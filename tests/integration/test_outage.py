@@ -13,7 +13,7 @@ from cdc.stack import Stack
 from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env
 
-OUTAGE_SECONDS = 8
+OUTAGE_SECONDS = 20
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_worker_survives_a_mongodb_outage(own_stack, cdc):
         live = cdc("workload", "--rate", "100", "--duration", "3", "--no-long-transactions", env=env)
         assert live.returncode == 0, live.stderr
         stack.stop_mongo()
-        during = cdc("workload", "--rate", "100", "--duration", str(OUTAGE_SECONDS), "--no-long-transactions", env=env)
+        during = cdc("workload", "--rate", "50", "--duration", str(OUTAGE_SECONDS), "--no-long-transactions", env=env)
         assert during.returncode == 0, during.stderr
         stack.start_mongo()
         deadline = time.monotonic() + 180
