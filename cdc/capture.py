@@ -143,6 +143,26 @@ def install(
     return found
 
 
+def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence[TableInfo]) -> None:
+    """The least a worker role needs: the outbox and ledger, the sequences, and SELECT on captured tables.
+
+    No DDL, no ownership: ``cdc install`` stays with the tables' owner.
+    """
+    who = sql.Identifier(role)
+    with pg.translated(f"granting the worker role {role}"), conn.transaction():
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA cdc TO {}").format(who))
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.outbox, cdc.batches, cdc.batch_changes TO {}").format(
+                who
+            )
+        )
+        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured TO {}").format(who))
+        conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
+        for info in table_infos:
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(info.schema), who))
+
+
 def uninstall(conn: psycopg.Connection[Any]) -> int:
     """Drop every capture trigger, function and key type, the outbox and the ledger; returns tables released."""
     with pg.translated("removing capture"), conn.transaction():

@@ -29,7 +29,13 @@ def _table_list(text: str | None) -> list[str]:
     show_default=True,
     help="Send a NOTIFY wake-up (one per transaction) when changes are captured.",
 )
-def install(settings: Settings, table_list: str | None, schema: str, notify: bool) -> None:
+@click.option(
+    "--grant",
+    "grant_role",
+    metavar="ROLE",
+    help="Grant ROLE what the worker needs (outbox, ledger, sequences, SELECT on the tables) and no more.",
+)
+def install(settings: Settings, table_list: str | None, schema: str, notify: bool, grant_role: str | None) -> None:
     """Install the outbox, the ledger and the capture triggers; idempotent.
 
     Any table with a primary key works, in any schema, with any quoted name. Refused, with nothing
@@ -39,7 +45,11 @@ def install(settings: Settings, table_list: str | None, schema: str, notify: boo
     """
     with pg.connect(settings.pg_dsn()) as conn:
         installed = capture.install(conn, _table_list(table_list), schema=schema, notify=notify)
+        if grant_role:
+            capture.grant_worker(conn, grant_role, installed)
     click.echo("capturing: " + ", ".join(table.display for table in installed))
+    if grant_role:
+        click.echo(f"granted the worker role {grant_role}")
 
 
 @click.command()
