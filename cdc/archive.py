@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import orjson
 
+from cdc import faults
 from cdc.errors import CdcError
 
 FORMAT_VERSION = 1
@@ -39,6 +40,10 @@ REJECTED_COLLECTION = "\x00rejected"  # never a real collection name (NUL cannot
 
 class ArchiveError(CdcError):
     """The archive is incomplete or corrupt."""
+
+
+class ArchiveWriteError(CdcError):
+    """The archive could not be written (disk full, permissions): nothing was committed."""
 
 
 def batch_folder_name(batch_id: int) -> str:
@@ -112,6 +117,7 @@ class BatchWriter:
 
     def write(self, collection: str, op: str, line: bytes) -> None:
         """Append one line (bytes ending in a newline) to the collection's ``op`` file."""
+        faults.disk_write()
         entry = self._file(collection, op)
         entry.handle.write(line)
         entry.digest.update(line)
@@ -121,6 +127,7 @@ class BatchWriter:
     def write_many(self, collection: str, op: str, lines: list[bytes]) -> None:
         if not lines:
             return
+        faults.disk_write()
         entry = self._file(collection, op)
         data = b"".join(lines)
         entry.handle.write(data)

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line, the traceback with -v
         if State.verbose:
             raise
-        click.echo(f"cdc: internal error: {type(exc).__name__}: {redact(str(exc))[:300]} (rerun with -v)", err=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"cdc: internal error: {type(exc).__name__}: {redact(first_line)[:300]} (rerun with -v)", err=True)
         sys.exit(1)
     # click returns the code of `ctx.exit(code)` (e.g. 0 after --help); commands return None
     sys.exit(outcome if isinstance(outcome, int) else 0)

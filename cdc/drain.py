@@ -213,7 +213,10 @@ def _dropped_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int
 
 def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int) -> BatchWriter:
     """Encode the ledger's changes of ``batch_id`` into a (not yet visible) batch folder."""
-    writer = BatchWriter(archive_dir, batch_id)
+    try:
+        writer = BatchWriter(archive_dir, batch_id)
+    except OSError as exc:
+        raise archive.ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     try:
         for relid, truncates in _relations(conn, batch_id):
             table = tables.describe(conn, relid)
@@ -229,6 +232,9 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
                 writer.truncate(table.collection, pos)
             export_table(conn, writer, table, batch_id)
             faults.point("mid_archive")
+    except OSError as exc:
+        writer.abort()
+        raise archive.ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     except BaseException:
         writer.abort()
         raise
@@ -274,7 +280,13 @@ def export_batch(
             faults.point("after_claim")
             writer = write_batch(conn, archive_dir, batch_id)
             manifest_counts = writer.collection_counts()
-            writer.finish(positions[0], positions[-1], {"mode": mode})
+            try:
+                writer.finish(positions[0], positions[-1], {"mode": mode})
+            except OSError as exc:
+                writer.abort()
+                raise archive.ArchiveWriteError(
+                    f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}"
+                ) from None
             faults.point("before_commit")
             conn.execute(
                 "UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %s WHERE batch_id = %s",

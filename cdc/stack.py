@@ -396,6 +396,16 @@ class Stack:
         self._mongo_stop()
         self._pg_stop()
 
+    def stop_postgres(self) -> None:
+        """Stop only PostgreSQL (outage tests)."""
+        self._pg_stop()
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL again on its previous port."""
+        state = self._state()
+        self._pg_start(int(state.get("pg_port") or 0), state)
+        self._save_state(state)
+
     def stop_mongo(self) -> None:
         """Stop only the MongoDB-wire server (outage tests)."""
         self._mongo_stop()

@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import archive, drain, faults, ledger, pg
+from cdc.archive import ArchiveWriteError
 from cdc.capture import NOTIFY_CHANNEL
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
 from cdc.sink import Applier, ApplyStats
@@ -63,6 +64,7 @@ class Worker:
         self.fast_insert: set[str] = set()  # collections known empty: the insert path
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._listener: psycopg.Connection[Any] | None = None
 
     # ---- the lock -----------------------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:
@@ -178,43 +180,58 @@ class Worker:
     def run(self, *, interval: float, listen: bool, once: bool) -> RunStats:
         if not self.acquire():
             return self.stats
-        listener = None
         try:
             if once:
                 self.cycle(up_to=drain.outbox_head(self.conn))
                 return self.stats
-            if listen:
-                listener = pg.connect(self.dsn, autocommit=True)
-                listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
             while not self.stop.is_set():
                 try:
                     self.cycle()
-                except (PostgresUnavailable, MongoUnavailable, LockLost) as exc:
+                except (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError) as exc:
                     log.warning("cycle interrupted: %s; retrying", exc, extra={"action": "cycle_retry"})
                     self._recover()
                     continue
-                self._wait(listener, interval)
+                self._wait(interval, listen)
         finally:
-            if listener is not None:
-                listener.close()
+            self._close_listener()
             self.release()
         return self.stats
 
-    def _wait(self, listener: psycopg.Connection[Any] | None, interval: float) -> None:
-        if listener is None:
-            self.stop.wait(interval)
+    def _close_listener(self) -> None:
+        if self._listener is not None and not self._listener.closed:
+            self._listener.close()
+        self._listener = None
+
+    def _wait(self, interval: float, listen: bool) -> None:
+        """Sleep until the next poll, or until a NOTIFY arrives (a dropped listener falls back to polling)."""
+        if listen and self._listener is None:
+            try:
+                self._listener = pg.connect(self.dsn, autocommit=True)
+                self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+            except (PostgresUnavailable, psycopg.Error) as exc:
+                log.warning("cannot listen (%s); polling", exc, extra={"action": "listen_failed"})
+                self._close_listener()
+        if self._listener is None:
+            self.stop.wait(interval if not listen else min(interval, 1.0))
             return
         deadline = time.monotonic() + interval
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            # short slices, so a stop request is seen quickly; any notification wakes the worker
-            woke = False
-            for _ in listener.notifies(timeout=min(0.5, max(0.0, deadline - time.monotonic())), stop_after=1):
-                woke = True
-            if woke:
-                # debounce: a burst of commits wakes one cycle, not one cycle per commit
-                for _ in listener.notifies(timeout=DEBOUNCE_S):
-                    pass
-                return
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                # short slices, so a stop request is seen quickly; any notification wakes the worker
+                woke = False
+                timeout = min(0.5, max(0.0, deadline - time.monotonic()))
+                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                    woke = True
+                if woke:
+                    # debounce: a burst of commits wakes one cycle, not one cycle per commit
+                    for _ in self._listener.notifies(timeout=DEBOUNCE_S):
+                        pass
+                    return
+        except psycopg.Error as exc:
+            log.warning(
+                "the LISTEN connection dropped (%s); reconnecting", pg.describe(exc), extra={"action": "listen_lost"}
+            )
+            self._close_listener()
 
     def _recover(self) -> None:
         """After a lost connection: wait a little, reconnect, and take the lock again."""
