@@ -2,7 +2,7 @@
 
 ``CDC_FAULT_POINT=<name>`` SIGKILLs this process the ``CDC_FAULT_AFTER``-th time (default 1) it
 passes ``<name>``. The points: ``after_claim``, ``mid_archive``, ``before_commit``,
-``after_commit``, ``mid_bulk_write``, ``before_mark_applied``.
+``after_commit``, ``mid_bulk_write``, ``before_mark_applied``, ``snapshot_chunk``.
 
 ``CDC_FAULT_DISK_FULL=<path>``: while a file exists at ``<path>``, archive writes fail with
 ENOSPC, as on a full disk; remove the file and space "returns".
@@ -14,7 +14,15 @@ import errno
 import os
 import signal
 
-POINTS = ("after_claim", "mid_archive", "before_commit", "after_commit", "mid_bulk_write", "before_mark_applied")
+POINTS = (
+    "after_claim",
+    "mid_archive",
+    "before_commit",
+    "after_commit",
+    "mid_bulk_write",
+    "before_mark_applied",
+    "snapshot_chunk",
+)
 _passes: dict[str, int] = {}
 
 

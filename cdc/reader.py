@@ -20,11 +20,13 @@ def table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> It
     Runs in the caller's transaction (use REPEATABLE READ for a consistent read).
     """
     for _, line in keyed_table_lines(conn, table, pos):
-        yield line
+        if line is not None:
+            yield line
 
 
-def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> Iterator[tuple[str, bytes]]:
-    """Like ``table_lines``, with each row's key in the outbox's text form."""
+def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> Iterator[tuple[str, bytes | None]]:
+    """Like ``table_lines``, with each row's key in the outbox's text form; the line is None for a row
+    the mapping cannot carry (over 16 MiB, say), which the archive would have quarantined."""
     from cdc.capture import key_text  # noqa: PLC0415
 
     encoder = RowEncoder(table.columns, table.key_columns)
@@ -43,4 +45,8 @@ def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int)
         cur.itersize = _FETCH
         cur.execute(query)
         for row in cur:
-            yield row[0], encoder.upsert_line(row[1 : 1 + width], row[1 + width :], pos)
+            try:
+                line: bytes | None = encoder.upsert_line(row[1 : 1 + width], row[1 + width :], pos)
+            except Exception:  # quarantined on export; the caller decides what it means
+                line = None
+            yield row[0], line

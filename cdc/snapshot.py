@@ -19,7 +19,7 @@ from psycopg import sql
 from pymongo.database import Database
 from tqdm import tqdm
 
-from cdc import capture, pg, tables
+from cdc import capture, faults, pg, tables
 from cdc.errors import ConfigError
 from cdc.tables import TableInfo
 
@@ -82,6 +82,7 @@ def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: tqd
             ).fetchone()
             conn.commit()
         assert boundary is not None
+        faults.point("snapshot_chunk")
         last = tuple(boundary)
         total += int(inserted[0])
         progress.update(int(inserted[0]))

@@ -80,10 +80,14 @@ def compare_table(conn: psycopg.Connection[Any], database: Database[Any], table:
     seen = 0
     keys: set[bytes] = set()
     while chunk := list(itertools.islice(lines, CHUNK)):
-        expected = [parse_line(line) for _, line in chunk]
+        uncarried = [key for key, line in chunk if line is None]
+        diff.missing.extend(f"key {key} (cannot be carried: see rejected.jsonl)" for key in uncarried)
+        diff.rows += len(uncarried)
+        carried = [(key, line) for key, line in chunk if line is not None]
+        expected = [parse_line(line) for _, line in carried]
         seen += len(expected)
         stored = {_id_bytes(doc["_id"]): doc for doc in collection.find({"_id": {"$in": [d["_id"] for d in expected]}})}
-        for (key_text, _), document in zip(chunk, expected, strict=True):
+        for (key_text, _), document in zip(carried, expected, strict=True):
             keys.add(_digest(_id_bytes(document["_id"])))
             found = stored.get(_id_bytes(document["_id"]))
             if found is None:
@@ -92,7 +96,7 @@ def compare_table(conn: psycopg.Connection[Any], database: Database[Any], table:
             elif _comparable(found) != _comparable(document):
                 diff.different.append(document["_id"])
                 diff.repair_keys.append(key_text)
-    diff.rows = seen
+    diff.rows += seen
     diff.documents = collection.count_documents({})
     if diff.documents != diff.rows - len(diff.missing):
         for document in collection.find({}, {"_id": 1}).batch_size(CHUNK):

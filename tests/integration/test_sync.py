@@ -171,3 +171,14 @@ def test_listen_worker_applies_changes_without_waiting_for_the_poll(loaded, cdc)
         stdout, stderr = worker.communicate(timeout=60)
     assert worker.returncode == 0, stderr
     assert "applied" in stdout
+
+
+def test_snapshot_killed_mid_chunk_then_rerun_is_consistent(dbs, cdc, tmp_path):
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive")}
+    assert cdc("generate", "--scale", "tiny", env=env).returncode == 0
+    assert cdc("install", env=env).returncode == 0
+    crashed = cdc("snapshot", env={**env, "CDC_FAULT_POINT": "snapshot_chunk", "CDC_FAULT_AFTER": "3"})
+    assert crashed.returncode == -9
+    again = cdc("snapshot", env=env)
+    assert again.returncode == 0, again.stderr
+    verify_clean(cdc, env)
