@@ -120,7 +120,7 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import capture, demo, generate, schema, stack, sync  # noqa: PLC0415
+    from cdc.commands import bench, capture, demo, generate, schema, stack, sync  # noqa: PLC0415
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
@@ -131,6 +131,7 @@ def _register_commands() -> None:
     cli.add_command(capture.export)
     for command in (sync.run, sync.snapshot_command, sync.replay, sync.verify_command, sync.status_command):
         cli.add_command(command)
+    cli.add_command(bench.bench)
     cli.add_command(demo.demo)
 
 

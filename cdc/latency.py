@@ -8,16 +8,31 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from pymongo.database import Database
 
 
 class LatencyProbe:
-    """Every ``every`` seconds, bump one artist's listener count and time until MongoDB shows it."""
+    """Every ``every`` seconds, set a new value in one row and time until MongoDB shows it."""
 
-    def __init__(self, dsn: str, database: Database[Any], *, artist_id: int = 1, every: float = 0.5) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        database: Database[Any],
+        *,
+        table: str = "artists",
+        key_column: str = "artist_id",
+        value_column: str = "monthly_listeners",
+        key: int = 1,
+        every: float = 0.5,
+    ) -> None:
         self.dsn = dsn
-        self.collection = database["artists"]
-        self.artist_id = artist_id
+        self.collection = database[table]
+        self.statement = sql.SQL("UPDATE {} SET {} = %s WHERE {} = %s").format(
+            sql.Identifier(table), sql.Identifier(value_column), sql.Identifier(key_column)
+        )
+        self.value_column = value_column
+        self.key = key
         self.every = every
         self.samples: list[float] = []
         self.stop = threading.Event()
@@ -32,15 +47,15 @@ class LatencyProbe:
 
     def _run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            value = int(time.time() * 1000)
+            value = int(time.time() * 1000) % 1_000_000_000
             while not self.stop.wait(self.every):
                 value += 1
-                conn.execute("UPDATE artists SET monthly_listeners = %s WHERE artist_id = %s", [value, self.artist_id])
+                conn.execute(self.statement, [value, self.key])
                 committed = time.perf_counter()
                 deadline = committed + 60
                 while time.perf_counter() < deadline and not self.stop.is_set():
-                    found = self.collection.find_one({"_id": self.artist_id}, {"monthly_listeners": 1})
-                    if found and found.get("monthly_listeners") == value:
+                    found = self.collection.find_one({"_id": self.key}, {self.value_column: 1})
+                    if found and found.get(self.value_column) == value:
                         self.samples.append(time.perf_counter() - committed)
                         break
                     time.sleep(0.005)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 from pymongo.database import Database
-from tqdm import tqdm
 
 from cdc import capture, faults, pg, tables
 from cdc.errors import ConfigError
@@ -25,6 +24,12 @@ from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
+
+
+class Progress(Protocol):
+    """What enqueueing reports to: a tqdm bar, or anything with ``update``."""
+
+    def update(self, n: float | None = 1) -> bool | None: ...
 
 
 def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[TableInfo]:
@@ -44,7 +49,7 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
     return found
 
 
-def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: tqdm[Any]) -> int:
+def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Progress) -> int:
     """Put every key of ``table`` into the outbox, ``CHUNK`` keys per outbox row; returns keys."""
     key = sql.SQL(", ").join(sql.Identifier("t", column) for column in table.key_columns)
     key_text = capture.key_text(table, "t")

@@ -1,0 +1,318 @@
+"""`cdc bench`: every figure a ratio against a baseline measured in the same run.
+
+The figures run on a throw-away songs-like table (``cdc_bench_songs``) and throw-away MongoDB
+databases, so a bench never touches the Orininu data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from pymongo import ReplaceOne
+
+from cdc import archive, capture, drain, mongo, pg, snapshot
+from cdc.bench import capture_cost
+from cdc.reader import table_lines
+from cdc.sink import Applier, parse_line
+from cdc.worker import Worker
+
+TABLE = capture_cost.TABLE
+SCALES = {"small": {"rows": 20_000, "export_rows": 100_000}, "medium": {"rows": 200_000, "export_rows": 1_000_000}}
+Report = dict[str, Any]
+
+
+def _timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
+    conn.execute(capture_cost.DDL.format(t=sql.Identifier(TABLE)))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (song_id, album_id, title, duration_ms, price, popularity)"
+            " SELECT g, g %% 5000, 'song ' || g, 120000 + g %% 90000, (g %% 300) / 100.0, random()"
+            " FROM generate_series(1, %s) g"
+        ).format(sql.Identifier(TABLE)),
+        [rows],
+    )
+    conn.commit()
+    capture.install(conn, [TABLE])
+    conn.execute("DELETE FROM cdc.outbox")
+    conn.commit()
+
+
+def _touch(conn: psycopg.Connection[Any], fraction: float) -> None:
+    conn.execute(
+        sql.SQL("UPDATE {} SET duration_ms = duration_ms + 1 WHERE random() < %s").format(sql.Identifier(TABLE)),
+        [fraction],
+    )
+    conn.commit()
+
+
+def _export_all(dsn: str, archive_dir: Path, batch_size: int = 50_000) -> int:
+    changes = 0
+    with drain.drain_connection(dsn) as conn:
+        while (batch := drain.export_batch(conn, archive_dir, batch_size=batch_size)) is not None:
+            changes += batch.keys
+    return changes
+
+
+def export_speed(dsn: str, rows: int) -> Report:
+    """Claim + typed read + Extended JSON + fsynced archive of ``rows`` changes, no MongoDB."""
+    folder = Path(tempfile.mkdtemp(prefix="cdc-bench-export-"))
+    try:
+        with pg.connect(dsn) as conn:
+            _fresh_table(conn, rows)
+            _touch(conn, 1.0)
+        seconds = _timed(lambda: _export_all(dsn, folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"export_changes_per_s": rows / seconds, "export_seconds": seconds, "export_changes": rows}
+
+
+def _final_documents(dsn: str) -> list[dict[str, Any]]:
+    with drain.drain_connection(dsn) as conn:
+        table = snapshot.captured(conn, [TABLE])[0]
+        documents = [parse_line(line) for line in table_lines(conn, table, 1)]
+        conn.commit()
+    return documents
+
+
+def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
+    client = mongo.client(mongo_uri)
+    names = ["cdc_bench_apply", "cdc_bench_raw", "cdc_bench_snapshot", "cdc_bench_raw_insert"]
+    for name in names:
+        client.drop_database(name)
+    folder = Path(tempfile.mkdtemp(prefix="cdc-bench-apply-"))
+    try:
+        with pg.connect(dsn) as conn:
+            _fresh_table(conn, rows)
+        documents = _final_documents(dsn)
+
+        # snapshot through the pipeline vs raw insert_many of the same documents
+        snap_worker = Worker(dsn, Applier(client["cdc_bench_snapshot"]), folder / "snap")
+        snap_worker.fast_insert = {TABLE}
+
+        def run_snapshot() -> None:
+            with pg.connect(dsn) as conn:
+                table = snapshot.captured(conn, [TABLE])[0]
+                snapshot.enqueue_table(conn, table, _Quiet())
+            snap_worker.acquire()
+            try:
+                snap_worker.cycle(up_to=drain.outbox_head(snap_worker.conn))
+            finally:
+                snap_worker.release()
+
+        snapshot_s = _timed(run_snapshot)
+        raw_insert = Applier(client["cdc_bench_raw_insert"]).collection(TABLE)
+        raw_insert_s = _timed(lambda: raw_insert.insert_many(documents, ordered=False))
+
+        # applying N changes from the archive vs raw unguarded bulk_write of the final documents
+        with pg.connect(dsn) as conn:
+            _touch(conn, 1.0)
+        _export_all(dsn, folder / "apply")
+        applier = Applier(client["cdc_bench_apply"])
+        batches = [archive.read_batch(path) for path in archive.batch_paths(folder / "apply")]
+        apply_s = _timed(lambda: [applier.apply(batch) for batch in batches])
+        final = _final_documents(dsn)
+        raw = Applier(client["cdc_bench_raw"]).collection(TABLE)
+        requests: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in final]
+        raw_s = _timed(lambda: raw.bulk_write(requests, ordered=False))
+    finally:
+        for name in names:
+            client.drop_database(name)
+        client.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "apply_vs_raw": apply_s / raw_s,
+        "apply_seconds": apply_s,
+        "raw_bulk_write_seconds": raw_s,
+        "snapshot_vs_raw": snapshot_s / raw_insert_s,
+        "snapshot_seconds": snapshot_s,
+        "raw_insert_many_seconds": raw_insert_s,
+        "apply_changes": rows,
+    }
+
+
+def incremental_vs_full(dsn: str, mongo_uri: str, rows: int) -> Report:
+    """One `run --once` cycle after 1% of rows changed ÷ the seed's CSV → JSON → drop + insert_many."""
+    client = mongo.client(mongo_uri)
+    folder = Path(tempfile.mkdtemp(prefix="cdc-bench-incr-"))
+    try:
+        with pg.connect(dsn) as conn:
+            _fresh_table(conn, rows)
+        database = client["cdc_bench_incremental"]
+        worker = Worker(dsn, Applier(database), folder)
+        worker.fast_insert = {TABLE}
+        with pg.connect(dsn) as conn:
+            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
+        worker.acquire()
+        worker.cycle()
+        with pg.connect(dsn) as conn:
+            _touch(conn, 0.01)
+        incremental_s = _timed(worker.cycle)
+        worker.release()
+
+        def seed_method() -> None:
+            buffer = io.StringIO()
+            statement = sql.SQL("COPY {} TO STDOUT (FORMAT csv, HEADER)").format(sql.Identifier(TABLE))
+            with pg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(statement) as copy:
+                for chunk in copy:
+                    buffer.write(bytes(chunk).decode())
+            buffer.seek(0)
+            lines = [orjson.dumps(row) for row in csv.DictReader(buffer)]
+            target = client["cdc_bench_full"][TABLE]
+            target.drop()
+            target.insert_many([orjson.loads(line) for line in lines], ordered=False)
+
+        full_s = _timed(seed_method)
+    finally:
+        client.drop_database("cdc_bench_incremental")
+        client.drop_database("cdc_bench_full")
+        client.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"incremental_vs_full": incremental_s / full_s, "incremental_seconds": incremental_s, "full_seconds": full_s}
+
+
+def notify_latency(dsn: str, mongo_uri: str, seconds: float = 8.0) -> Report:
+    """Commit → readable in MongoDB under `run --listen`, with 200 single-row transactions/s around it."""
+    from cdc.latency import LatencyProbe  # noqa: PLC0415
+
+    client = mongo.client(mongo_uri)
+    database = client["cdc_bench_latency"]
+    client.drop_database("cdc_bench_latency")
+    folder = Path(tempfile.mkdtemp(prefix="cdc-bench-latency-"))
+    stop = threading.Event()
+    try:
+        with pg.connect(dsn) as conn:
+            _fresh_table(conn, 10_000)
+        with pg.connect(dsn) as conn:  # the starting documents, so probes find their document
+            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
+        worker = Worker(dsn, Applier(database), folder, stop=stop)
+        thread = threading.Thread(target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True)
+        thread.start()
+        time.sleep(1)
+
+        def writer() -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                statement = sql.SQL("UPDATE {} SET popularity = random() WHERE song_id = %s").format(
+                    sql.Identifier(TABLE)
+                )
+                index = 0
+                while not stop.is_set():
+                    index += 1
+                    conn.execute(statement, [1 + index % 10_000])
+                    time.sleep(1 / 200)
+
+        background = threading.Thread(target=writer, daemon=True)
+        background.start()
+        probe = LatencyProbe(dsn, database, table=TABLE, key_column="song_id", value_column="duration_ms", every=0.05)
+        probe.start()
+        time.sleep(seconds)
+        probe.close()
+        stop.set()
+        thread.join(timeout=60)
+        background.join(timeout=10)
+    finally:
+        client.drop_database("cdc_bench_latency")
+        client.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    samples = sorted(probe.samples)
+    if not samples:
+        return {"notify_latency_p50_ms": None, "notify_latency_p99_ms": None, "latency_samples": 0}
+    p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
+    return {
+        "notify_latency_p50_ms": statistics.median(samples) * 1000,
+        "notify_latency_p99_ms": p99 * 1000,
+        "latency_samples": len(samples),
+    }
+
+
+def export_rss(dsn: str, small: int, large: int) -> Report:
+    """Peak RSS of a `cdc export --once` child draining a backlog of ``small`` vs ``large`` changes."""
+    results = {}
+    for label, rows in (("small", small), ("large", large)):
+        folder = Path(tempfile.mkdtemp(prefix="cdc-bench-rss-"))
+        try:
+            with pg.connect(dsn) as conn:
+                _fresh_table(conn, rows)
+                _touch(conn, 1.0)  # one statement holding every key
+            child = subprocess.run(
+                [sys.executable, "-c", _RSS_CHILD, str(folder)],
+                env={**os.environ, "CDC_PG_DSN": dsn},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[label] = float(child.stdout.strip())
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "export_rss_mb_10k": results["small"],
+        "export_rss_mb_1m": results["large"],
+        "export_rss_ratio": results["large"] / results["small"],
+        "export_rss_rows": [small, large],
+    }
+
+
+_RSS_CHILD = """
+import os, resource, sys
+from pathlib import Path
+from cdc import drain
+with drain.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
+    while drain.export_batch(conn, Path(sys.argv[1]), batch_size=50_000) is not None:
+        pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+class _Quiet:
+    def update(self, n: float | None = 1) -> bool | None:
+        return None
+
+
+def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None]) -> Report:
+    sizes = SCALES[scale]
+    report: Report = {"scale": scale, "python": sys.version.split()[0], "maxrss_parent_mb": 0.0}
+    progress("capture overhead")
+    cost = capture_cost.measure(dsn, rows=200_000, single=5_000, rounds=3)
+    report.update(
+        capture_overhead_single=cost.single_ratio,
+        capture_overhead_bulk_insert=cost.bulk_insert_ratio,
+        capture_overhead_bulk_update=cost.bulk_update_ratio,
+        capture_raw_seconds=cost.__dict__,
+    )
+    progress("export speed")
+    report.update(export_speed(dsn, sizes["export_rows"]))
+    progress("apply and snapshot vs raw pymongo")
+    report.update(apply_and_snapshot(dsn, mongo_uri, sizes["rows"]))
+    progress("incremental vs the seed's full reload")
+    report.update(incremental_vs_full(dsn, mongo_uri, sizes["rows"]))
+    progress("NOTIFY latency")
+    report.update(notify_latency(dsn, mongo_uri))
+    progress("export RSS")
+    report.update(export_rss(dsn, 10_000, 1_000_000))
+    with pg.connect(dsn) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
+        conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])
+        conn.commit()
+    report["maxrss_parent_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report
