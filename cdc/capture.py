@@ -86,6 +86,20 @@ def _function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Composabl
     ).format(relid, selects, wake)
 
 
+_SESSION_DEPENDENT_TEXT = ("date", "time", "interval", "money")
+
+
+def _key_text_settings(table: TableInfo) -> sql.Composable:
+    """Pin the text form of date, time and interval keys to what the drain parses back.
+
+    Only for such tables: a function with settings costs a little on every call.
+    """
+    types = [table.key_type(column) for column in table.key_columns]
+    if not any(word in key_type for key_type in types for word in _SESSION_DEPENDENT_TEXT):
+        return sql.SQL("")
+    return sql.SQL("SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'iso_8601' SET TimeZone = 'UTC'")
+
+
 def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool) -> None:
     if len(table.key_columns) > 1:
         fields = sql.SQL(", ").join(
@@ -98,9 +112,9 @@ def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool
         function = _function_name(prefix, table.relid)
         conn.execute(
             sql.SQL(
-                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS"
+                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {} AS"
                 " $cdc$ BEGIN {} RETURN NULL; END $cdc$"
-            ).format(function, _function_body(table, prefix, notify))
+            ).format(function, _key_text_settings(table), _function_body(table, prefix, notify))
         )
         conn.execute(
             sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(

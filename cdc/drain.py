@@ -272,7 +272,7 @@ def export_batch(
     started = time.perf_counter()
     with pg.translated("exporting a batch"), _exclusive_turn(conn):
         try:
-            claimed = _claim(conn, batch_size, up_to or INT64_MAX, mode)
+            claimed = _claim(conn, batch_size, INT64_MAX if up_to is None else up_to, mode)
             if claimed is None:
                 conn.rollback()
                 return None
@@ -316,7 +316,15 @@ def export_batch(
 
 
 def recover_partials(conn: psycopg.Connection[Any], archive_dir: Path) -> None:
-    """Publish partial folders of batches the ledger committed; remove those it never committed."""
+    """Publish partial folders of batches the ledger committed; remove those it never committed.
+
+    Runs in the exporters' turn, so it never sees another exporter's batch before its commit.
+    """
+    with pg.translated("recovering interrupted batches"), _exclusive_turn(conn):
+        _recover_partials(conn, archive_dir)
+
+
+def _recover_partials(conn: psycopg.Connection[Any], archive_dir: Path) -> None:
     for path in archive.partial_batches(archive_dir):
         batch_id = int(path.name.removeprefix(archive.PARTIAL_PREFIX))
         with pg.translated("reading the ledger"):

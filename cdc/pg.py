@@ -49,6 +49,9 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
     try:
         return psycopg.connect(dsn, autocommit=autocommit, options=options, application_name="orininu-cdc", **kwargs)
     except psycopg.Error as exc:
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if sqlstate[:2] in ("28", "3D"):  # bad credentials or no such database: retrying will not help
+            raise PostgresError(f"cannot connect to PostgreSQL: {describe(exc)}") from None
         raise PostgresUnavailable(f"cannot connect to PostgreSQL: {describe(exc)}") from None
 
 

@@ -37,8 +37,8 @@ from tenacity import (
 )
 
 from cdc import archive, faults, shutdown
-from cdc.errors import MongoError
-from cdc.mongo import describe
+from cdc.errors import MongoError, MongoUnavailable
+from cdc.mongo import describe, translated
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ _JSON_OPTIONS = json_util.JSONOptions(
     json_mode=json_util.JSONMode.CANONICAL, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4
 )
 DUPLICATE_KEY = 11000
+MAX_REWRITES = 5
 
 Document = dict[str, Any]
 
@@ -97,7 +98,11 @@ def parse_line(line: bytes) -> Document:
 
 
 def pos_of(document: Document) -> int:
-    return int(document["_cdc"]["pos"])
+    """A document's position; one written outside the pipeline (no ``_cdc``) counts as older than any."""
+    try:
+        return int(document["_cdc"]["pos"])
+    except (KeyError, TypeError):
+        return -1
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -119,11 +124,12 @@ class Applier:
         return {int(doc["_id"]) for doc in self.collection(APPLIED_COLLECTION).find({}, {"_id": 1})}
 
     @transient_retry
-    def _write(self, collection: str, changes: list[tuple[str, Document]], stats: ApplyStats) -> None:
+    def _write(self, collection: str, changes: list[tuple[str, Document]], stats: ApplyStats, depth: int = 0) -> None:
         """One unordered bulk write of (kind, document) pairs; kind is upsert, insert or delete.
 
-        Duplicate-key errors are sorted out here: stale ones are counted, the rest written again
-        as guarded upserts.
+        Duplicate-key errors on ``_id`` are sorted out here: stale ones are counted, the rest
+        written again as guarded upserts (a few rounds at most). A write-concern error is raised,
+        so the whole chunk is retried (the writes are guarded, so that is safe).
         """
         target = self.collection(collection)
         requests = [_request(kind, document) for kind, document in changes]
@@ -131,10 +137,13 @@ class Applier:
             result = target.bulk_write(requests, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
             details = exc.details
+            if details.get("writeConcernErrors"):
+                raise
             again: list[tuple[str, Document]] = []
             for error in details.get("writeErrors", []):
                 _kind, document = changes[error["index"]]
-                if error.get("code") != DUPLICATE_KEY:
+                on_id = error.get("keyPattern", {"_id": 1}) == {"_id": 1}
+                if error.get("code") != DUPLICATE_KEY or not on_id:
                     raise MongoError(
                         f"{collection}: write of _id {_short(document['_id'])} rejected: "
                         f"{_short(error.get('errmsg', error))} (code {error.get('code')})"
@@ -144,10 +153,14 @@ class Applier:
                     stats.count(collection, "stale")
                 else:  # an insert that met a document, or a newer document that moved under us
                     again.append(("upsert", document))
-            stats.upserted += details.get("nUpserted", 0) + details.get("nModified", 0) + details.get("nInserted", 0)
+            stats.upserted += details.get("nUpserted", 0) + details.get("nMatched", 0) + details.get("nInserted", 0)
             stats.deleted += details.get("nRemoved", 0)
             if again:
-                self._write(collection, again, stats)
+                if depth >= MAX_REWRITES:
+                    raise MongoError(
+                        f"{collection}: {len(again)} writes kept meeting newer documents; stopping"
+                    ) from None
+                self._write(collection, again, stats, depth + 1)
             return
         stats.upserted += result.upserted_count + result.matched_count + result.inserted_count
         stats.deleted += result.deleted_count
@@ -177,7 +190,11 @@ class Applier:
                     self._apply_file(
                         collection, path, op, stats, fast=op == "upsert" and collection in (fast_insert or ())
                     )
+        except pymongo.errors.AutoReconnect as exc:  # retries exhausted: still an outage, not a bad batch
+            raise MongoUnavailable(f"batch {batch.batch_id}: {describe(exc)}") from exc
         except pymongo.errors.PyMongoError as exc:
+            if is_transient(exc):
+                raise MongoUnavailable(f"batch {batch.batch_id}: {describe(exc)}") from exc
             raise MongoError(f"batch {batch.batch_id}: {describe(exc)}") from exc
         return stats
 
@@ -203,7 +220,8 @@ class Applier:
                 {"_id": batch_id}, {"_id": batch_id, "applied_at": dt.datetime.now(dt.UTC)}, upsert=True
             )
 
-        run()
+        with translated(f"recording batch {batch_id} as applied"):
+            run()
 
 
 def _request(kind: str, document: Document) -> Any:

@@ -11,6 +11,7 @@ starts take the insert path (an insert that meets a document falls back to the g
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -19,11 +20,12 @@ from psycopg import sql
 from pymongo.database import Database
 
 from cdc import capture, faults, pg, tables
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, PostgresUnavailable
 from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
+PAGE_ATTEMPTS = 10
 
 
 class Progress(Protocol):
@@ -50,15 +52,16 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
 
 
 def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Progress) -> int:
-    """Put every key of ``table`` into the outbox, ``CHUNK`` keys per outbox row; returns keys."""
+    """Put every key of ``table`` into the outbox, ``CHUNK`` keys per outbox row; returns keys.
+
+    Each page is read ``FOR SHARE``: a writer still holding one of its rows (its change already
+    has a position) is waited for, so the page's position comes after every change it could
+    have missed. The next page starts after the last key of this one, read in the same statement.
+    """
     key = sql.SQL(", ").join(sql.Identifier("t", column) for column in table.key_columns)
     key_text = capture.key_text(table, "t")
-    first = sql.SQL("SELECT {key} FROM {table} AS t ORDER BY {key} LIMIT %(n)s").format(key=key, table=table.qualified)
-    after = sql.SQL("SELECT {key} FROM {table} AS t WHERE ({key}) > ({last}) ORDER BY {key} LIMIT %(n)s").format(
-        key=key,
-        table=table.qualified,
-        last=sql.SQL(", ").join(sql.Placeholder(f"k{i}") for i in range(len(table.key_columns))),
-    )
+    last_values = sql.SQL(", ").join(sql.Placeholder(f"k{i}") for i in range(len(table.key_columns)))
+    page_after = sql.SQL("WHERE ({key}) > ({last})").format(key=key, last=last_values)
     total = 0
     last: tuple[Any, ...] | None = None
     while True:
@@ -66,31 +69,41 @@ def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Pro
         if last is not None:
             params.update({f"k{i}": value for i, value in enumerate(last)})
         page = sql.SQL(
-            "WITH page AS ({page}) INSERT INTO cdc.outbox (relid, op, keys)"
-            " SELECT %(relid)s, 'k', array_agg({key_text}) FROM page AS t HAVING count(*) > 0"
-            " RETURNING cardinality(keys)"
-        ).format(page=first if last is None else after, key_text=key_text)
-        with pg.translated(f"enqueueing keys of {table.display}"):
-            inserted = conn.execute(page, {**params, "relid": table.relid}).fetchone()
-            if inserted is None:
-                conn.commit()
-                return total
-            boundary = conn.execute(
-                sql.SQL("SELECT {key} FROM ({page}) AS t ORDER BY {descending} LIMIT 1").format(
-                    key=key,
-                    descending=sql.SQL(", ").join(
-                        sql.SQL("{} DESC").format(sql.Identifier("t", c)) for c in table.key_columns
-                    ),
-                    page=first if last is None else after,
-                ),
-                params,
-            ).fetchone()
-            conn.commit()
-        assert boundary is not None
+            "SELECT {key_text}, {key} FROM {table} AS t {after} ORDER BY {key} LIMIT %(n)s FOR SHARE"
+        ).format(
+            key_text=key_text, key=key, table=table.qualified, after=page_after if last is not None else sql.SQL("")
+        )
+        rows = _enqueue_page(conn, table, page, params)
+        if not rows:
+            return total
         faults.point("snapshot_chunk")
-        last = tuple(boundary)
-        total += int(inserted[0])
-        progress.update(int(inserted[0]))
+        last = tuple(rows[-1][1:])
+        total += len(rows)
+        progress.update(len(rows))
+
+
+def _enqueue_page(
+    conn: psycopg.Connection[Any], table: TableInfo, page: sql.Composed, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """One page in one transaction; a deadlock with a writer (we hold share locks) is tried again."""
+    for attempt in range(1, PAGE_ATTEMPTS + 1):
+        try:
+            with pg.translated(f"enqueueing keys of {table.display}"):
+                rows: list[tuple[Any, ...]] = conn.execute(page, params).fetchall()
+                if rows:
+                    conn.execute(
+                        "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)",
+                        [table.relid, [row[0] for row in rows]],
+                    )
+                conn.commit()
+                return rows
+        except PostgresUnavailable as exc:
+            conn.rollback()
+            if attempt == PAGE_ATTEMPTS:
+                raise
+            log.warning("snapshot page of %s: %s; again", table.display, exc, extra={"action": "snapshot_retry"})
+            time.sleep(0.1 * attempt)
+    return []
 
 
 def create_indexes(conn: psycopg.Connection[Any], database: Database[Any], table: TableInfo) -> list[str]:

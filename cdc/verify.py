@@ -37,6 +37,7 @@ class TableDiff:
     missing: list[Any] = field(default_factory=list)  # in PostgreSQL, not in MongoDB
     repair_keys: list[str] = field(default_factory=list)  # outbox key text of missing and different rows
     extra: list[Any] = field(default_factory=list)  # in MongoDB, not in PostgreSQL
+    extra_positions: list[Any] = field(default_factory=list)  # their _cdc as read, the guard for a repair
     different: list[Any] = field(default_factory=list)
 
     @property
@@ -99,9 +100,10 @@ def compare_table(conn: psycopg.Connection[Any], database: Database[Any], table:
     diff.rows += seen
     diff.documents = collection.count_documents({})
     if diff.documents != diff.rows - len(diff.missing):
-        for document in collection.find({}, {"_id": 1}).batch_size(CHUNK):
+        for document in collection.find({}, {"_id": 1, "_cdc": 1}).batch_size(CHUNK):
             if _digest(_id_bytes(document["_id"])) not in keys:
                 diff.extra.append(document["_id"])
+                diff.extra_positions.append(document.get("_cdc"))
     return diff
 
 

@@ -70,7 +70,8 @@ class Worker:
     def acquire(self, wait: bool = True) -> bool:
         self._lock_conn = pg.connect(self.dsn, autocommit=True)
         while not self.stop.is_set():
-            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
+            with pg.translated("taking the worker lock"):
+                row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
             if row and row[0]:
                 return True
             if not wait:
@@ -112,7 +113,14 @@ class Worker:
     def _load_or_reexport(self, batch_id: int) -> archive.Batch:
         path = self.archive_dir / archive.batch_folder_name(batch_id)
         try:
-            return archive.read_batch(path)
+            found = archive.read_batch(path)
+            if self._matches_ledger(found):
+                return found
+            log.warning(
+                "batch %d: the folder on disk is another batch of that id (an earlier epoch?); re-exporting",
+                batch_id,
+                extra={"action": "reexport"},
+            )
         except archive.ArchiveError as exc:
             log.warning("batch %d: %s; re-exporting it from the ledger", batch_id, exc, extra={"action": "reexport"})
         conn = self.conn
@@ -123,12 +131,25 @@ class Worker:
                     "SELECT pos_min, pos_max, mode FROM cdc.batches WHERE batch_id = %s", [batch_id]
                 ).fetchone()
                 assert row is not None
-                writer.finish(row[0], row[1], {"mode": row[2], "reexported": True})
+                try:
+                    writer.finish(row[0], row[1], {"mode": row[2], "reexported": True})
+                except OSError as exc:
+                    writer.abort()
+                    raise ArchiveWriteError(f"batch {batch_id}: cannot re-export: {exc.strerror}") from None
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
         return archive.read_batch(writer.publish())
+
+    def _matches_ledger(self, batch: archive.Batch) -> bool:
+        with pg.translated("reading the ledger"):
+            row = self.conn.execute(
+                "SELECT pos_min::text, pos_max::text FROM cdc.batches WHERE batch_id = %s", [batch.batch_id]
+            ).fetchone()
+            self.conn.commit()
+        position = batch.manifest.get("position", {})
+        return row is not None and (position.get("min"), position.get("max")) == (row[0], row[1])
 
     def apply_batch(self, batch_id: int, fast_insert: set[str] | None = None) -> ApplyStats:
         self.check_lock()

@@ -184,10 +184,9 @@ def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], dif
             conn.execute(
                 "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)", [table.relid, diff.repair_keys]
             )
-        for key in diff.extra:
-            stored = database[table.collection].find_one({"_id": key}, {"_cdc": 1})
-            if stored is not None:
-                database[table.collection].delete_one({"_id": key, "_cdc": stored.get("_cdc")})
+        for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
+            # guarded by the position verify saw: a document the worker rewrote since then stays
+            database[table.collection].delete_one({"_id": key, "_cdc": seen})
     conn.commit()
     worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
     if not worker.acquire(wait=True):
