@@ -158,7 +158,8 @@ def install(
 
 
 def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence[TableInfo]) -> None:
-    """The least a worker role needs: the outbox and ledger, the sequences, and SELECT on captured tables.
+    """The least a worker role needs: the outbox and ledger, the sequences, SELECT on captured tables
+    (and UPDATE on their first key column only, which row locks require).
 
     No DDL, no ownership: ``cdc install`` stays with the tables' owner.
     """
@@ -174,6 +175,13 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
         conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
         for info in table_infos:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))
+            # row locks (snapshot pages are read FOR SHARE) need UPDATE on one column; the key
+            # column, which the worker never writes
+            conn.execute(
+                sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
+                    sql.Identifier(info.key_columns[0]), info.qualified, who
+                )
+            )
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(info.schema), who))
 
 
