@@ -26,10 +26,3 @@ def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
         conn.execute("UPDATE cdc.batches SET state = 'applied', applied_at = now() WHERE batch_id = %s", [batch_id])
         conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = %s", [batch_id])
         conn.commit()
-
-
-def applied_in_ledger(conn: psycopg.Connection[Any]) -> set[int]:
-    with pg.translated("reading the ledger"):
-        rows = conn.execute("SELECT batch_id FROM cdc.batches WHERE state = 'applied'").fetchall()
-    conn.commit()
-    return {int(row[0]) for row in rows}

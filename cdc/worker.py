@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class RunStats:
     rejected: int = 0
     last_batch: int | None = None
     last_success: float | None = None
-    latencies: list[float] = field(default_factory=list)
 
 
 class LockLost(CdcError):
