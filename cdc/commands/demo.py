@@ -29,7 +29,7 @@ from generator.workload import Workload
 @click.option("--duration", type=click.FloatRange(min=1), default=30, show_default=True, help="Seconds of live sync.")
 @click.option(
     "--scale",
-    default="small",
+    default="tiny",
     show_default=True,
     help=f"Size of the generated dataset ({', '.join(NAMED_SCALES)} or a multiplier).",
 )
