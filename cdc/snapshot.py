@@ -131,3 +131,17 @@ def empty_collections(database: Database[Any], tables_: Sequence[TableInfo]) -> 
         for table in tables_
         if table.collection not in existing or database[table.collection].estimated_document_count() == 0
     }
+
+
+def prepare(
+    conn: psycopg.Connection[Any], database: Database[Any], tables_: Sequence[TableInfo], progress: Progress
+) -> tuple[int, set[str]]:
+    """Enqueue every key of ``tables_`` and create their indexes.
+
+    Returns the keys enqueued and the collections that were empty before, which take the insert path.
+    """
+    fast = empty_collections(database, tables_)
+    total = sum(enqueue_table(conn, table, progress) for table in tables_)
+    for table in tables_:
+        create_indexes(conn, database, table)
+    return total, fast

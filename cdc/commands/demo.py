@@ -88,13 +88,8 @@ def _prepare(dsn: str, counts: Counts, scale: str) -> int:
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int) -> None:
     started = time.perf_counter()
     worker = Worker(dsn, Applier(database), settings.archive_dir)
-    with pg.connect(dsn) as conn:
-        chosen = snapshot.captured(conn, None)
-        worker.fast_insert = snapshot.empty_collections(database, chosen)
-        with tqdm(unit="keys", disable=None, desc="snapshot") as progress:
-            for table in chosen:
-                snapshot.enqueue_table(conn, table, progress)
-                snapshot.create_indexes(conn, database, table)
+    with pg.connect(dsn) as conn, tqdm(unit="keys", disable=None, desc="snapshot") as progress:
+        _, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
     worker.acquire()
     try:
         worker.cycle(up_to=drain.outbox_head(worker.conn))

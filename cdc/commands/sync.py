@@ -74,13 +74,8 @@ def snapshot_command(settings: Settings, table_list: str | None, batch_size: int
     with pg.connect(dsn) as conn:
         _require_capture(conn)
         chosen = snapshot.captured(conn, names)
-        fast = snapshot.empty_collections(applier.database, chosen)
-        total = 0
         with tqdm(unit="keys", disable=None, desc="enqueue") as progress:
-            for table in chosen:
-                total += snapshot.enqueue_table(conn, table, progress)
-        for table in chosen:
-            snapshot.create_indexes(conn, applier.database, table)
+            total, fast = snapshot.prepare(conn, applier.database, chosen, progress)
     worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size)
     worker.fast_insert = fast
     if not worker.acquire(wait=False):
