@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,9 @@ def _log_retry(state: RetryCallState) -> None:
         state.attempt_number,
         extra={"action": "mongo_retry", "attempt": state.attempt_number},
     )
+    owner = state.args[0] if state.args else None  # the Applier, for its bulk writes
+    if isinstance(owner, Applier) and owner.on_retry is not None:
+        owner.on_retry()
 
 
 transient_retry = retry(
@@ -116,6 +119,7 @@ class Applier:
     def __init__(self, database: Database[Document]) -> None:
         self.database = database
         self.options: CodecOptions[Document] = CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+        self.on_retry: Callable[[], None] | None = None  # called before each retried bulk write (metrics)
 
     def collection(self, name: str) -> pymongo.collection.Collection[Document]:
         return self.database.get_collection(name, codec_options=self.options, write_concern=WriteConcern(w="majority"))
