@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -23,6 +23,9 @@ from cdc.archive import ArchiveWriteError
 from cdc.capture import NOTIFY_CHANNEL
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
 from cdc.sink import Applier, ApplyStats
+
+if TYPE_CHECKING:
+    from cdc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Worker:
         *,
         batch_size: int = 50_000,
         stop: threading.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.dsn = dsn
         self.applier = applier
@@ -60,6 +64,9 @@ class Worker:
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.stats = RunStats()
+        self.metrics = metrics
+        if metrics is not None:
+            applier.on_retry = metrics.retried
         self.fast_insert: set[str] = set()  # collections known empty: the insert path
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -163,6 +170,8 @@ class Worker:
         self.stats.stale += result.stale
         self.stats.last_batch = batch_id
         self.stats.last_success = time.time()
+        if self.metrics is not None:
+            self.metrics.batch_applied(result, time.perf_counter() - started)
         log.info(
             "batch %d applied: %d upserts, %d deletes, %d stale, %d truncated in %.3fs",
             batch_id,
@@ -190,8 +199,12 @@ class Worker:
                 self.conn, self.archive_dir, batch_size=self.batch_size, up_to=up_to, mode="run"
             )
             if exported is None:
+                if self.metrics is not None:
+                    self.metrics.drained()
                 break
             self.stats.rejected += exported.rejected
+            if self.metrics is not None:
+                self.metrics.batch_exported(exported)
             self.apply_batch(exported.batch_id, self.fast_insert)
             done += 1
         return done
