@@ -98,6 +98,25 @@ def settings_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def metrics_options(func: F) -> F:
+    """``--metrics-port`` and ``--metrics-host``: serve Prometheus metrics while the command runs."""
+    func = click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        envvar="CDC_METRICS_HOST",
+        show_envvar=True,
+        help="Address of the metrics endpoint (0.0.0.0 in a container, so Prometheus can reach it).",
+    )(func)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(min=1, max=65535),
+        envvar="CDC_METRICS_PORT",
+        show_envvar=True,
+        help="Serve Prometheus metrics on http://HOST:PORT/metrics [default: no endpoint].",
+    )(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, and tracebacks on errors.")
 @click.option(
@@ -120,7 +139,7 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import bench, capture, demo, generate, schema, stack, sync  # noqa: PLC0415
+    from cdc.commands import archive, bench, capture, demo, generate, schema, stack, sync  # noqa: PLC0415
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
@@ -131,6 +150,7 @@ def _register_commands() -> None:
     cli.add_command(capture.export)
     for command in (sync.run, sync.snapshot_command, sync.replay, sync.verify_command, sync.status_command):
         cli.add_command(command)
+    cli.add_command(archive.archive_group)
     cli.add_command(bench.bench)
     cli.add_command(demo.demo)
 

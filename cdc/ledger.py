@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -26,3 +27,27 @@ def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
         conn.execute("UPDATE cdc.batches SET state = 'applied', applied_at = now() WHERE batch_id = %s", [batch_id])
         conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = %s", [batch_id])
         conn.commit()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the outbox: captured statements, the changes (keys) they hold, the oldest one's age."""
+
+    statements: int
+    changes: int
+    oldest_age_s: float
+
+
+def backlog(conn: psycopg.Connection[Any]) -> Backlog:
+    """The outbox backlog (``cdc status``, the demo's live line and the metrics read it).
+
+    The age is measured from ``now()``, the transaction's start: use an autocommit connection
+    (or a fresh transaction) for a live reading.
+    """
+    with pg.translated("reading the outbox backlog"):
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(cardinality(keys)), 0),"
+            " coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM cdc.outbox"
+        ).fetchone()
+    assert row is not None
+    return Backlog(int(row[0]), int(row[1]), float(row[2]))

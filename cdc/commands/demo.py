@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pymongo.database import Database
 from tqdm import tqdm
 
-from cdc import capture, drain, mongo, orininu, pg, snapshot, verify
-from cdc.cli import settings_options
+from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot, verify
+from cdc.cli import metrics_options, settings_options
 from cdc.commands.schema import print_report
 from cdc.config import Settings
 from cdc.errors import CheckFailed
@@ -22,6 +22,9 @@ from cdc.worker import Worker
 from generator import load
 from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale
 from generator.workload import Workload
+
+if TYPE_CHECKING:
+    from cdc.metrics import Metrics
 
 
 @click.command()
@@ -35,7 +38,17 @@ from generator.workload import Workload
 )
 @click.option("--rate", type=click.FloatRange(min=1), default=100, show_default=True, help="Workload changes/s.")
 @click.option("--keep", is_flag=True, help="Leave the embedded stack running afterwards.")
-def demo(settings: Settings, duration: float, scale: str, rate: float, keep: bool) -> None:
+@metrics_options
+def demo(
+    settings: Settings,
+    *,
+    duration: float,
+    scale: str,
+    rate: float,
+    keep: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run the main job on the embedded default, end to end.
 
     Stack up, schema, generate (replacing the Orininu tables' rows and the MongoDB database),
@@ -51,25 +64,37 @@ def demo(settings: Settings, duration: float, scale: str, rate: float, keep: boo
         stack.up()
         click.echo(f"[1/7] stack up under {settings.data_dir} ({stack.paths.env_file})")
     try:
-        _demo(settings, counts, scale, duration, rate)
+        _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port) if metrics_port else None)
     finally:
         if embedded and not keep:
             stack.down()
             click.echo("stack stopped (pass --keep to leave it running)")
 
 
-def _demo(settings: Settings, counts: Counts, scale: str, duration: float, rate: float) -> None:
+def _demo(
+    settings: Settings, counts: Counts, scale: str, duration: float, rate: float, *, serve: tuple[str, int] | None
+) -> None:
     dsn = settings.pg_dsn()
     client = mongo.client(settings.mongo_uri())
     client.drop_database(settings.mongo_db)
     database = client[settings.mongo_db]
+    metrics = None
+    if serve is not None:
+        from cdc.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
+
+        metrics = Metrics(dsn)
     try:
+        if metrics is not None and serve is not None:
+            metrics.serve(*serve)
+            click.echo(f"metrics on http://{serve[0]}:{serve[1]}/metrics")
         rows = _prepare(dsn, counts, scale)
-        _snapshot(dsn, database, settings, rows)
-        probe = _live_sync(dsn, database, settings, duration, rate)
+        _snapshot(dsn, database, settings, rows, metrics)
+        probe = _live_sync(dsn, database, settings, duration, rate, metrics=metrics)
         _verify(dsn, database, probe)
     finally:
         client.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def _prepare(dsn: str, counts: Counts, scale: str) -> int:
@@ -85,9 +110,9 @@ def _prepare(dsn: str, counts: Counts, scale: str) -> int:
     return rows
 
 
-def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int) -> None:
+def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
-    worker = Worker(dsn, Applier(database), settings.archive_dir)
+    worker = Worker(dsn, Applier(database), settings.archive_dir, metrics=metrics)
     with pg.connect(dsn) as conn, tqdm(unit="keys", disable=None, desc="snapshot") as progress:
         _, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
     worker.acquire()
@@ -98,9 +123,11 @@ def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int) 
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
 
 
-def _live_sync(dsn: str, database: Database[Any], settings: Settings, duration: float, rate: float) -> LatencyProbe:
+def _live_sync(
+    dsn: str, database: Database[Any], settings: Settings, duration: float, rate: float, *, metrics: Metrics | None
+) -> LatencyProbe:
     stop = threading.Event()
-    worker = Worker(dsn, Applier(database), settings.archive_dir, stop=stop)
+    worker = Worker(dsn, Applier(database), settings.archive_dir, stop=stop, metrics=metrics)
     worker_thread = threading.Thread(
         target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True
     )
@@ -113,13 +140,10 @@ def _live_sync(dsn: str, database: Database[Any], settings: Settings, duration: 
     with pg.connect(dsn, autocommit=True) as conn:
         while workload_thread.is_alive():
             workload_thread.join(timeout=2)
-            backlog, age = conn.execute(
-                "SELECT coalesce(sum(cardinality(keys)), 0), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
-                " FROM cdc.outbox"
-            ).fetchone() or (0, 0)
+            backlog = ledger.backlog(conn)
             click.echo(
                 f"  live: {workload.stats.changes:>6} changes made, {worker.stats.changes:>6} applied in "
-                f"{worker.stats.batches} batches, backlog {backlog}, lag {float(age):.1f}s"
+                f"{worker.stats.batches} batches, backlog {backlog.changes}, lag {backlog.oldest_age_s:.1f}s"
             )
         probe.close()
         deadline = time.monotonic() + 120

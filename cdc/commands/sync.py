@@ -11,10 +11,10 @@ import click
 import orjson
 from tqdm import tqdm
 
-from cdc import archive, capture, dql_mongo, drain, mongo, pg, shutdown, snapshot, verify
-from cdc.cli import settings_options
+from cdc import archive, capture, dql_mongo, drain, ledger, mongo, pg, shutdown, snapshot, verify
+from cdc.cli import metrics_options, settings_options
 from cdc.config import Settings
-from cdc.errors import CheckFailed, ConfigError
+from cdc.errors import CheckFailed, ConfigError, UsageError
 from cdc.sink import Applier
 from cdc.worker import Worker
 
@@ -36,7 +36,25 @@ def _require_capture(conn: Any) -> None:
 @click.option("--listen", is_flag=True, help="Wake at once on NOTIFY (and still poll every --interval).")
 @click.option("--once", is_flag=True, help="Drain up to the outbox position seen at start, then exit.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
-def run(settings: Settings, interval: float, listen: bool, once: bool, batch_size: int) -> None:
+@metrics_options
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="CDC_METRICS_TEXTFILE",
+    show_envvar=True,
+    help="With --once: write the metrics to this file when the run succeeds (node-exporter's textfile collector).",
+)
+def run(
+    settings: Settings,
+    *,
+    interval: float,
+    listen: bool,
+    once: bool,
+    batch_size: int,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_textfile: Path | None,
+) -> None:
     """The sync worker: claim → archive → apply → mark applied, every --interval seconds.
 
     Claimed keys stay in the ledger until MongoDB acknowledged the batch (w:majority), so a lost
@@ -44,12 +62,29 @@ def run(settings: Settings, interval: float, listen: bool, once: bool, batch_siz
     applied. A second worker waits for the first one's lock. SIGTERM/SIGINT stop it cleanly after
     the current write; nothing is lost if it is killed instead.
     """
+    if metrics_textfile is not None and not once:
+        raise UsageError("--metrics-textfile needs --once (a long-running worker serves --metrics-port instead)")
     stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
     with pg.connect(dsn) as conn:
         _require_capture(conn)
-    worker = Worker(dsn, _applier(settings), settings.archive_dir, batch_size=batch_size, stop=stop)
-    stats = worker.run(interval=interval, listen=listen, once=once)
+    metrics = None
+    if metrics_port is not None or metrics_textfile is not None:
+        from cdc.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
+
+        metrics = Metrics(dsn)
+    try:
+        if metrics is not None and metrics_port is not None:
+            metrics.serve(metrics_host, metrics_port)
+        worker = Worker(
+            dsn, _applier(settings), settings.archive_dir, batch_size=batch_size, stop=stop, metrics=metrics
+        )
+        stats = worker.run(interval=interval, listen=listen, once=once)
+        if metrics is not None and metrics_textfile is not None:
+            metrics.write_textfile(metrics_textfile)
+    finally:
+        if metrics is not None:
+            metrics.close()
     click.echo(
         f"applied {stats.batches} batches, {stats.changes} changes ({stats.stale} stale, {stats.rejected} rejected)"
     )
@@ -201,11 +236,9 @@ def status_command(settings: Settings, as_json: bool, max_backlog: int | None, m
     """Backlog, lag, last batch, worker state, and captured tables whose triggers are missing."""
     with pg.connect(settings.pg_dsn()) as conn:
         _require_capture(conn)
+        waiting = ledger.backlog(conn)
         row = conn.execute(
-            """SELECT (SELECT count(*) FROM cdc.outbox),
-                      (SELECT coalesce(sum(cardinality(keys)), 0) FROM cdc.outbox),
-                      (SELECT extract(epoch FROM now() - min(created_at)) FROM cdc.outbox),
-                      (SELECT max(batch_id) FROM cdc.batches WHERE state = 'applied'),
+            """SELECT (SELECT max(batch_id) FROM cdc.batches WHERE state = 'applied'),
                       (SELECT max(applied_at) FROM cdc.batches WHERE state = 'applied'),
                       (SELECT count(*) FROM cdc.batches WHERE state <> 'applied' AND mode <> 'export'),
                       (SELECT max(batch_id) FROM cdc.batches WHERE state = 'exported' AND mode = 'export'),
@@ -217,14 +250,14 @@ def status_command(settings: Settings, as_json: bool, max_backlog: int | None, m
         tables_state = capture.captured_tables(conn)
     broken = [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy]
     report = {
-        "outbox_statements": int(row[0]),
-        "backlog_changes": int(row[1]),
-        "oldest_change_age_s": float(row[2]) if row[2] is not None else 0.0,
-        "last_applied_batch": row[3],
-        "last_applied_at": row[4].isoformat() if isinstance(row[4], dt.datetime) else None,
-        "unapplied_batches": int(row[5]),
-        "last_exported_batch": row[6],
-        "worker_running": bool(row[7]),
+        "outbox_statements": waiting.statements,
+        "backlog_changes": waiting.changes,
+        "oldest_change_age_s": waiting.oldest_age_s,
+        "last_applied_batch": row[0],
+        "last_applied_at": row[1].isoformat() if isinstance(row[1], dt.datetime) else None,
+        "unapplied_batches": int(row[2]),
+        "last_exported_batch": row[3],
+        "worker_running": bool(row[4]),
         "tables": len(tables_state),
         "tables_missing_triggers": broken,
         "checked_at": time.time(),
