@@ -107,3 +107,9 @@ def test_a_port_in_use_is_one_clear_error():
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             Metrics().serve("127.0.0.1", port)
+
+
+def test_textfile_without_once_is_a_usage_error(cdc, tmp_path):
+    result = cdc("run", "--metrics-textfile", str(tmp_path / "cdc.prom"))
+    assert result.returncode == 2
+    assert "--metrics-textfile needs --once" in result.stderr
