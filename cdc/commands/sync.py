@@ -15,6 +15,7 @@ from cdc import archive, capture, dql_mongo, drain, ledger, mongo, pg, shutdown,
 from cdc.cli import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError, UsageError
+from cdc.prune import check_replay, describe_ids
 from cdc.sink import Applier
 from cdc.worker import Worker
 
@@ -141,6 +142,8 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     (collection _cdc_batches) are skipped unless --force; a forced replay that runs through to the
     latest batch converges to the same state. Stopping early with --to can bring back rows that a
     later batch deletes. Every batch's checksums are verified first; an incomplete batch stops it.
+    Batches removed by `cdc archive prune` that the target has not applied stop it before anything
+    is applied (rebuild with `cdc snapshot` instead); other missing batch ids are reported.
     """
     applier = _applier(settings)
     done = applier.applied_batches()
@@ -149,6 +152,13 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
         for path in archive.batch_paths(directory)
         if (first is None or int(path.name) >= first) and (last is None or int(path.name) <= last)
     ]
+    missing = check_replay(directory, [int(path.name) for path in paths], done, first, last)
+    if missing:
+        click.echo(
+            f"cdc: warning: batch ids {describe_ids(missing)} are missing from {directory}: harmless when an "
+            "interrupted export burned them, not when a folder was lost",
+            err=True,
+        )
     applied = skipped = 0
     for path in tqdm(paths, unit="batch", disable=None, desc="replay"):
         batch = archive.read_batch(path)

@@ -1,0 +1,245 @@
+"""Archive retention: remove batch folders applied to the target more than N days ago.
+
+A batch folder is removed only when all of these hold:
+
+- the ledger knows the batch, and its folder's manifest has the ledger's position range (a folder
+  of another epoch, from before a reinstall, is kept);
+- the batch is applied to the target: the ledger says ``applied`` (``cdc run``, ``cdc snapshot``:
+  MongoDB acknowledged every write), or, for an ``exported`` batch of ``cdc export``, the target's
+  own record (collection ``_cdc_batches``, written by ``cdc replay``) holds it, stamped after the
+  ledger's ``exported_at`` (an older record belongs to another epoch);
+- it was applied more than N days ago (the ledger's ``applied_at``, or the target record's).
+
+Batches claimed and not applied, and ``.partial-*`` folders, are never touched. The changes the
+ledger still holds for a pruned ``cdc export`` batch (``cdc.batch_changes``, which grows forever
+otherwise) are deleted with it; the ledger's ``cdc.batches`` row stays. Pruned ids are recorded
+in ``<archive>/pruned.json`` before any folder goes, so ``cdc replay`` can tell a pruned batch
+(a hole it refuses to replay across) from an id burned by an interrupted export.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+
+from cdc import archive, pg
+from cdc.archive import ArchiveError
+
+log = logging.getLogger(__name__)
+
+PRUNED = "pruned.json"
+PRUNED_FORMAT = 1
+
+TargetApplied = Callable[[Sequence[int]], dict[int, dt.datetime]]
+"""The target's record of applied batches: ``{batch id: applied at}`` for those of ``ids`` it holds."""
+
+
+@dataclass(frozen=True)
+class Removal:
+    batch_id: int
+    path: Path | None  # None when the folder is already gone (its ledger changes are still dropped)
+    size: int
+    applied_at: dt.datetime
+
+
+@dataclass
+class PrunePlan:
+    keep_days: float
+    remove: list[Removal] = field(default_factory=list)
+    kept_unapplied: list[int] = field(default_factory=list)  # not (yet) applied to the target
+    kept_recent: list[int] = field(default_factory=list)  # applied within keep_days
+    kept_unknown: list[int] = field(default_factory=list)  # folder of another epoch, or not in the ledger
+
+    @property
+    def bytes(self) -> int:
+        return sum(item.size for item in self.remove)
+
+    @property
+    def folders(self) -> int:
+        return sum(1 for item in self.remove if item.path is not None)
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _manifest_position(path: Path) -> tuple[str | None, str | None] | None:
+    try:
+        manifest = orjson.loads((path / archive.MANIFEST).read_bytes())
+        position = manifest["position"]
+        return position.get("min"), position.get("max")
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def plan(
+    conn: psycopg.Connection[Any], archive_dir: Path, keep_days: float, target_applied: TargetApplied
+) -> PrunePlan:
+    """What ``prune`` would remove; reads the ledger, the archive and (only for ``cdc export``
+    batches) the target's record, and changes nothing."""
+    folders = {int(path.name): path for path in archive.batch_paths(archive_dir)}
+    with pg.translated("reading the ledger"):
+        now_row = conn.execute("SELECT now()").fetchone()
+        rows = conn.execute(
+            """SELECT b.batch_id, b.mode, b.state, b.pos_min::text, b.pos_max::text, b.exported_at, b.applied_at
+               FROM cdc.batches b
+               WHERE b.batch_id = ANY(%s)
+                  OR (b.state = 'exported' AND b.mode = 'export'
+                      AND EXISTS (SELECT 1 FROM cdc.batch_changes c WHERE c.batch_id = b.batch_id))
+               ORDER BY b.batch_id""",
+            [sorted(folders)],
+        ).fetchall()
+    conn.commit()
+    assert now_row is not None
+    cutoff: dt.datetime = now_row[0] - dt.timedelta(days=keep_days)
+    result = PrunePlan(keep_days)
+    exported = [int(row[0]) for row in rows if row[2] == "exported" and row[1] == "export"]
+    recorded = target_applied(exported) if exported else {}
+    in_ledger = set()
+    for batch_id, mode, state, pos_min, pos_max, exported_at, ledger_applied_at in rows:
+        in_ledger.add(batch_id)
+        applied_at: dt.datetime | None = None
+        if state == "applied":
+            applied_at = ledger_applied_at
+        elif state == "exported" and mode == "export" and batch_id in recorded:
+            stamp = recorded[batch_id]
+            # BSON keeps milliseconds: allow the truncation, no more
+            if exported_at is None or stamp >= exported_at - dt.timedelta(milliseconds=1):
+                applied_at = stamp
+        path = folders.get(batch_id)
+        if applied_at is None:
+            result.kept_unapplied.append(batch_id)
+        elif applied_at > cutoff:
+            result.kept_recent.append(batch_id)
+        elif path is not None and _manifest_position(path) != (pos_min, pos_max):
+            result.kept_unknown.append(batch_id)
+        else:
+            result.remove.append(Removal(batch_id, path, folder_size(path) if path else 0, applied_at))
+    result.kept_unknown.extend(sorted(set(folders) - in_ledger))
+    return result
+
+
+def execute(conn: psycopg.Connection[Any], archive_dir: Path, chosen: PrunePlan) -> None:
+    """Record the pruned ids, remove the folders, then drop the ledger's change lists of those batches."""
+    if not chosen.remove:
+        return
+    ids = [item.batch_id for item in chosen.remove]
+    record_pruned(archive_dir, ids)
+    for item in chosen.remove:
+        if item.path is not None:
+            shutil.rmtree(item.path)
+            log.info(
+                "pruned batch %d (%d bytes)",
+                item.batch_id,
+                item.size,
+                extra={"action": "prune", "batch": item.batch_id},
+            )
+    archive.fsync_dir(archive_dir)
+    with pg.translated("dropping the ledger's changes of pruned batches"):
+        conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = ANY(%s)", [ids])
+        conn.commit()
+
+
+# ---- the archive's record of pruned batches ------------------------------------------------------
+
+
+def _ranges(ids: Iterable[int]) -> list[list[int]]:
+    ranges: list[list[int]] = []
+    for batch_id in sorted(set(ids)):
+        if ranges and batch_id == ranges[-1][1] + 1:
+            ranges[-1][1] = batch_id
+        else:
+            ranges.append([batch_id, batch_id])
+    return ranges
+
+
+def describe_ids(ids: Iterable[int]) -> str:
+    """``3, 5–9, 12``."""
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in _ranges(ids))
+
+
+def read_pruned(archive_dir: Path) -> set[int]:
+    """The batch ids ``cdc archive prune`` removed from this archive."""
+    try:
+        record = orjson.loads((archive_dir / PRUNED).read_bytes())
+    except FileNotFoundError:
+        return set()
+    except orjson.JSONDecodeError as exc:
+        raise ArchiveError(f"{archive_dir / PRUNED} is not valid JSON ({exc})") from None
+    if record.get("format") != PRUNED_FORMAT:
+        raise ArchiveError(f"{archive_dir / PRUNED}: unknown format {record.get('format')!r}")
+    return {batch_id for first, last in record["batches"] for batch_id in range(int(first), int(last) + 1)}
+
+
+def record_pruned(archive_dir: Path, ids: Iterable[int]) -> None:
+    """Add ``ids`` to ``pruned.json`` durably (temporary file, fsync, rename, fsync the folder)."""
+    record = {
+        "format": PRUNED_FORMAT,
+        "batches": _ranges(read_pruned(archive_dir) | set(ids)),
+        "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+    }
+    tmp = archive_dir / f".{PRUNED}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, archive_dir / PRUNED)
+    archive.fsync_dir(archive_dir)
+
+
+# ---- replay across a pruned range ---------------------------------------------------------------
+
+
+class PrunedGap(ArchiveError):
+    """Batches of the requested range were pruned from the archive and are not applied to the target."""
+
+
+def check_replay(
+    directory: Path, selected: Sequence[int], done: set[int], first: int | None, last: int | None
+) -> list[int]:
+    """Refuse a replay whose range holds pruned batches the target has not applied; return the other
+    missing ids between the selected batches (burned by an interrupted export, or lost)."""
+    pruned = read_pruned(directory)
+
+    def in_range(batch_id: int) -> bool:
+        return (first is None or batch_id >= first) and (last is None or batch_id <= last)
+
+    holes = sorted(
+        batch_id
+        for batch_id in pruned
+        if in_range(batch_id)
+        and batch_id not in done
+        and not (directory / archive.batch_folder_name(batch_id)).is_dir()
+        and (not selected or batch_id < max(selected))  # nothing after it would be replayed over the hole
+    )
+    if holes:
+        raise PrunedGap(
+            f"batches {describe_ids(holes)} were pruned from {directory} (`cdc archive prune`) and the target "
+            "does not record them as applied: replaying past them would leave their changes out. Rebuild the "
+            f"target with `cdc snapshot` instead, or replay only what follows with --from {holes[-1] + 1}"
+        )
+    present = sorted(selected)
+    return [
+        batch_id
+        for before, after in itertools.pairwise(present)
+        for batch_id in range(before + 1, after)
+        if batch_id not in pruned
+    ]
