@@ -110,6 +110,7 @@ class BatchWriter:
         self.counts: dict[str, Counter[str]] = {}
         self.truncates: list[dict[str, str]] = []
         self.positions: list[int] = []
+        self.excluded: dict[str, list[str]] = {}  # "schema.table" → columns left out by configuration
 
     def _file(self, collection: str, op: str) -> _OpenFile:
         entry = self._files.get((collection, op))
@@ -186,6 +187,7 @@ class BatchWriter:
             "files": files,
             "counts": self.collection_counts(),
             "truncates": self.truncates,
+            "excluded": self.excluded,
             **(extra or {}),
         }
         tmp = self.partial / f".{MANIFEST}.tmp"

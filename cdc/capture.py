@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import pg, sqlfiles, tables
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _key_text_settings(table: TableInfo) -> sql.Composable:
     return sql.SQL("SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'iso_8601' SET TimeZone = 'UTC'")
 
 
-def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool) -> None:
+def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool = False) -> None:
     if len(table.key_columns) > 1:
         fields = sql.SQL(", ").join(
             sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(table.key_type(column)))
@@ -125,36 +125,95 @@ def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool
             sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table.qualified, sql.Identifier(trigger))
         )
     conn.execute(
-        """INSERT INTO cdc.captured (relid, schema_name, table_name, key_columns, notify)
-           VALUES (%s, %s, %s, %s, %s)
+        """INSERT INTO cdc.captured (relid, schema_name, table_name, key_columns, notify, excluded_columns)
+           VALUES (%(relid)s, %(schema)s, %(name)s, %(keys)s, %(notify)s, %(excluded)s)
            ON CONFLICT (relid) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
-               key_columns = excluded.key_columns, notify = excluded.notify""",
-        [table.relid, table.schema, table.name, list(table.key_columns), notify],
+               key_columns = excluded.key_columns, notify = excluded.notify,
+               excluded_columns = CASE WHEN %(set_excluded)s THEN excluded.excluded_columns
+                                       ELSE cdc.captured.excluded_columns END""",
+        {
+            "relid": table.relid,
+            "schema": table.schema,
+            "name": table.name,
+            "keys": list(table.key_columns),
+            "notify": notify,
+            "excluded": list(table.excluded),
+            "set_excluded": set_exclusions,
+        },
     )
 
 
 def install(
-    conn: psycopg.Connection[Any], table_names: Sequence[str], *, schema: str = "public", notify: bool = True
+    conn: psycopg.Connection[Any],
+    table_names: Sequence[str],
+    *,
+    schema: str = "public",
+    notify: bool = True,
+    exclude: Sequence[str] | None = None,
 ) -> list[TableInfo]:
     """Create the outbox and ledger, and capture ``table_names`` (in ``schema``); idempotent.
 
-    Every table is checked before anything is created, so a refused table leaves nothing half done.
+    ``exclude`` names columns left out of capture (``table.column`` or ``schema.table.column``); when
+    given, it replaces the stored exclusions of every table installed here (an empty list clears
+    them); when None, the stored exclusions stay. Every table is checked before anything is
+    created, so a refused table leaves nothing half done.
     """
     with pg.translated("installing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
-        found = []
+        complete = []
         for name in table_names:
-            info = tables.describe(conn, tables.resolve(conn, schema, name))
+            info = tables.describe(conn, tables.resolve(conn, schema, name), excluded=())
             assert info is not None
+            complete.append(info)
+        chosen = exclusions(complete, exclude, schema) if exclude is not None else None
+        found = []
+        for whole in complete:
+            info = (
+                tables.without_columns(whole, chosen.get(whole.relid, ()))
+                if chosen is not None
+                else tables.describe(conn, whole.relid) or whole  # the stored exclusions
+            )
             reason = tables.refusal(info)
             if reason:
                 raise ConfigError(f"cannot capture: {reason}")
             found.append(info)
         conn.execute(sqlfiles.queries("capture.sql")["install_base"].text.encode())
         for info in found:
-            _install_table(conn, info, notify)
+            _install_table(conn, info, notify, set_exclusions=chosen is not None)
             log.info("capturing %s", info.display, extra={"action": "install_table", "table": info.display})
     return found
+
+
+def exclusions(found: Sequence[TableInfo], exclude: Sequence[str], schema: str) -> dict[int, list[str]]:
+    """Parse ``table.column`` / ``schema.table.column`` entries against the tables being installed.
+
+    A usage error (exit 2) names the entry: an unknown table or column, or a primary-key column
+    (the key is the document's ``_id``: a document cannot exist without it).
+    """
+    chosen: dict[int, list[str]] = {}
+    for entry in exclude:
+        table_ref, dot, column = entry.strip().rpartition(".")
+        if not dot or not table_ref or not column:
+            raise UsageError(f"--exclude {entry!r}: expected TABLE.COLUMN or SCHEMA.TABLE.COLUMN")
+        matches = [
+            info
+            for info in found
+            if table_ref in (f"{info.schema}.{info.name}", info.name if info.schema == schema else None)
+        ]
+        if not matches:
+            raise UsageError(f"--exclude {entry!r}: table {table_ref} is not among the tables being installed")
+        info = matches[0]
+        if column not in [c.name for c in info.columns]:
+            raise UsageError(f"--exclude {entry!r}: table {info.schema}.{info.name} has no column {column!r}")
+        if column in info.key_columns:
+            raise UsageError(
+                f"--exclude {entry!r}: column {column!r} is part of the primary key of table "
+                f"{info.schema}.{info.name}, which becomes the document's _id; it cannot be excluded"
+            )
+        names = chosen.setdefault(info.relid, [])
+        if column not in names:
+            names.append(column)
+    return chosen
 
 
 def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence[TableInfo]) -> None:

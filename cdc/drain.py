@@ -228,6 +228,8 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
                 log.warning("batch %d: table oid %d was dropped; its changes are in rejected.jsonl", batch_id, relid)
                 continue
             check_row_security(conn, table)
+            if table.excluded:
+                writer.excluded[f"{table.schema}.{table.name}"] = list(table.excluded)
             for pos in truncates:
                 writer.truncate(table.collection, pos)
             export_table(conn, writer, table, batch_id)

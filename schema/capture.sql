@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS cdc.captured (
     notify       boolean     NOT NULL,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+-- Columns left out of capture (personal data): never read by export, snapshot or verify. Added
+-- after the first release, so an existing install gains it when `cdc install` runs again.
+ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS excluded_columns text[] NOT NULL DEFAULT '{}';
 
 -- name: table_columns
 -- kind: report
