@@ -1,14 +1,20 @@
-"""Log output for the CLI: human-readable lines or JSON objects, always password-free."""
+"""Log output for the CLI: human-readable lines or JSON objects, always password-free.
+
+A record's structured fields are its ``extra={...}`` fields, plus, when its arguments are one
+mapping (``log.info("%(rows)d rows in %(seconds).1fs", {"rows": 5, "seconds": 0.2})``), those
+values: a text line shows them in its sentence, a JSON line as fields.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from cdc.redact import RedactingFilter
+from cdc.redact import RedactingFilter, redact
 
 _STANDARD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -25,11 +31,17 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **(dict(record.args) if isinstance(record.args, Mapping) else {}),
             **structured_fields(record),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        # the filter redacted the message; fields and tracebacks are redacted here
+        return orjson.dumps({key: _redacted(value) for key, value in entry.items()}, default=str).decode()
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
 
 class TextFormatter(logging.Formatter):
@@ -42,7 +54,7 @@ class TextFormatter(logging.Formatter):
         fields.pop("action", None)
         if fields:
             line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-        return line
+        return redact(line)
 
 
 def configure(*, verbose: bool, json_format: bool) -> None:

@@ -22,6 +22,7 @@ from cdc import archive, drain, faults, ledger, pg
 from cdc.archive import ArchiveWriteError
 from cdc.capture import NOTIFY_CHANNEL
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
+from cdc.progress import Progress
 from cdc.sink import Applier, ApplyStats
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Worker:
         if metrics is not None:
             applier.on_retry = metrics.retried
         self.fast_insert: set[str] = set()  # collections known empty: the insert path
+        self.progress: Progress | None = None  # told the changes of every batch applied
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: psycopg.Connection[Any] | None = None
@@ -170,17 +172,26 @@ class Worker:
         self.stats.stale += result.stale
         self.stats.last_batch = batch_id
         self.stats.last_success = time.time()
+        seconds = time.perf_counter() - started
         if self.metrics is not None:
-            self.metrics.batch_applied(result, time.perf_counter() - started)
+            self.metrics.batch_applied(result, seconds)
+        if self.progress is not None:
+            self.progress.update(result.upserted + result.deleted + result.stale)
+        fields = {
+            "batch": batch_id,
+            "upserts": result.upserted,
+            "deletes": result.deleted,
+            "stale": result.stale,
+            "truncated": result.truncated,
+            "retries": result.retries,
+            "seconds": round(seconds, 4),
+            "collections": {name: dict(counts) for name, counts in result.by_collection.items()},
+        }
         log.info(
-            "batch %d applied: %d upserts, %d deletes, %d stale, %d truncated in %.3fs",
-            batch_id,
-            result.upserted,
-            result.deleted,
-            result.stale,
-            result.truncated,
-            time.perf_counter() - started,
-            extra={"action": "batch_applied", "batch": batch_id},
+            "batch %(batch)d applied: %(upserts)d upserts, %(deletes)d deletes, %(stale)d stale, "
+            "%(truncated)d truncated in %(seconds).3fs",
+            fields,
+            extra={"action": "batch_applied"},
         )
         return result
 

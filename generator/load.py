@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from tqdm import tqdm
 
 from cdc import orininu, pg
 from cdc.errors import UsageError
+from cdc.progress import Progress, track
 from generator import rows
 from generator.pools import draw_pools
 from generator.sizes import Counts
@@ -123,7 +123,7 @@ def _defer_constraints(conn: psycopg.Connection[Any], table: str) -> list[sql.Co
     return restore
 
 
-def _copy_table(conn: psycopg.Connection[Any], table: str, table_rows: Iterable[rows.Row], bar: tqdm[Any]) -> int:
+def _copy_table(conn: psycopg.Connection[Any], table: str, table_rows: Iterable[rows.Row], bar: Progress) -> int:
     columns = rows.COLUMNS[table]
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(column) for column in columns)
@@ -159,9 +159,9 @@ def load(conn: psycopg.Connection[Any], *, seed: int, counts: Counts, replace: b
     plan = planned_rows(seed, counts)
     expected = counts.as_dict()
     report = []
-    with tqdm(total=counts.total, unit="rows", unit_scale=True, disable=None, desc="generate") as bar:
+    with track("generate", total=counts.total, unit="rows", scale=True, logger=log) as bar:
         for table in LOAD_ORDER:
-            bar.set_postfix_str(table)
+            bar.note(table)
             started = time.perf_counter()
             written = _copy_table(conn, table, plan[table], bar)
             elapsed = time.perf_counter() - started

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import click
 from pymongo.database import Database
-from tqdm import tqdm
 
-from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot, verify
+from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot
 from cdc.cli import metrics_options, settings_options
 from cdc.commands.schema import print_report
+from cdc.commands.sync import verify_tables
 from cdc.config import Settings
 from cdc.errors import CheckFailed
 from cdc.latency import LatencyProbe
+from cdc.progress import track
 from cdc.sink import Applier
 from cdc.stack import Stack
 from cdc.worker import Worker
@@ -25,6 +27,8 @@ from generator.workload import Workload
 
 if TYPE_CHECKING:
     from cdc.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -113,11 +117,13 @@ def _prepare(dsn: str, counts: Counts, scale: str) -> int:
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
     worker = Worker(dsn, Applier(database), settings.archive_dir, metrics=metrics)
-    with pg.connect(dsn) as conn, tqdm(unit="keys", disable=None, desc="snapshot") as progress:
-        _, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
+    with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
+        keys, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
     worker.acquire()
     try:
-        worker.cycle(up_to=drain.outbox_head(worker.conn))
+        with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
+            worker.progress = progress
+            worker.cycle(up_to=drain.outbox_head(worker.conn))
     finally:
         worker.release()
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
@@ -165,7 +171,7 @@ def _live_sync(
 
 def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
     with drain.drain_connection(dsn) as conn:
-        diffs = verify.verify(conn, database, snapshot.captured(conn, None))
+        diffs = verify_tables(conn, database, snapshot.captured(conn, None))
         report = orininu.check(conn)
     print_report(report)
     compared = sum(diff.rows for diff in diffs)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
-from tqdm import tqdm
 
 from cdc import archive, capture, dql_mongo, drain, ledger, mongo, pg, shutdown, snapshot, verify
 from cdc.cli import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError, UsageError
+from cdc.progress import track
 from cdc.prune import check_replay, describe_ids
 from cdc.sink import Applier
+from cdc.tables import TableInfo
 from cdc.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 def _applier(settings: Settings) -> Applier:
@@ -110,7 +114,7 @@ def snapshot_command(settings: Settings, table_list: str | None, batch_size: int
     with pg.connect(dsn) as conn:
         _require_capture(conn)
         chosen = snapshot.captured(conn, names)
-        with tqdm(unit="keys", disable=None, desc="enqueue") as progress:
+        with track("enqueue", unit="keys", scale=True, logger=log) as progress:
             total, fast = snapshot.prepare(conn, applier.database, chosen, progress)
     worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size)
     worker.fast_insert = fast
@@ -120,7 +124,9 @@ def snapshot_command(settings: Settings, table_list: str | None, batch_size: int
     try:
         with pg.connect(dsn) as conn:
             head = drain.outbox_head(conn)
-        worker.cycle(up_to=head)
+        with track("apply", total=total, unit="keys", scale=True, logger=log) as progress:
+            worker.progress = progress
+            worker.cycle(up_to=head)
     finally:
         worker.release()
     click.echo(
@@ -160,14 +166,17 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
             err=True,
         )
     applied = skipped = 0
-    for path in tqdm(paths, unit="batch", disable=None, desc="replay"):
-        batch = archive.read_batch(path)
-        if batch.batch_id in done and not force:
-            skipped += 1
-            continue
-        applier.apply(batch)
-        applier.mark_applied(batch.batch_id)
-        applied += 1
+    with track("replay", total=len(paths), unit="batches", logger=log) as progress:
+        for path in paths:
+            progress.note(path.name)
+            batch = archive.read_batch(path)
+            if batch.batch_id in done and not force:
+                skipped += 1
+            else:
+                applier.apply(batch)
+                applier.mark_applied(batch.batch_id)
+                applied += 1
+            progress.update(1)
     click.echo(f"replayed {applied} batches, skipped {skipped} already applied")
 
 
@@ -187,10 +196,10 @@ def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
     with drain.drain_connection(dsn) as conn:
         _require_capture(conn)
         chosen = snapshot.captured(conn, None)
-        diffs = verify.verify(conn, database, chosen)
+        diffs = verify_tables(conn, database, chosen)
         if repair and not all(diff.clean for diff in diffs):
             _repair(settings, conn, database, chosen, diffs)
-            diffs = verify.verify(conn, database, chosen)
+            diffs = verify_tables(conn, database, chosen, step="verify again")
         orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
         queries = dql_mongo.compare(conn, database) if orininu_captured else []
     summaries = [diff.summary() for diff in diffs]
@@ -216,6 +225,17 @@ def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
     unequal = [q.name for q in queries if not q.equal]
     if unequal:
         raise CheckFailed("the validation queries answer differently on MongoDB: " + ", ".join(unequal))
+
+
+def verify_tables(conn: Any, database: Any, chosen: list[TableInfo], *, step: str = "verify") -> list[verify.TableDiff]:
+    """``verify.verify`` one table at a time, with progress in tables."""
+    diffs = []
+    with track(step, total=len(chosen), unit="tables", logger=log) as progress:
+        for table in chosen:
+            progress.note(table.display)
+            diffs += verify.verify(conn, database, [table])
+            progress.update(1)
+    return diffs
 
 
 def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:
