@@ -16,13 +16,13 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pymongo
 import pymongo.errors
-from bson import json_util
 from bson.codec_options import CodecOptions
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.database import Database
@@ -38,15 +38,13 @@ from tenacity import (
 
 from cdc import archive, faults, shutdown
 from cdc.errors import MongoError, MongoUnavailable
+from cdc.extjson import parse_line
 from cdc.mongo import describe, translated
 
 log = logging.getLogger(__name__)
 
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
 CHUNK = 1_000
-_JSON_OPTIONS = json_util.JSONOptions(
-    json_mode=json_util.JSONMode.CANONICAL, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4
-)
 DUPLICATE_KEY = 11000
 MAX_REWRITES = 5
 
@@ -95,11 +93,6 @@ transient_retry = retry(
 )
 
 
-def parse_line(line: bytes) -> Document:
-    document: Document = json_util.loads(line, json_options=_JSON_OPTIONS)
-    return document
-
-
 def pos_of(document: Document) -> int:
     """A document's position; one written outside the pipeline (no ``_cdc``) counts as older than any."""
     try:
@@ -108,11 +101,18 @@ def pos_of(document: Document) -> int:
         return -1
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _chunks(path: Path, kind: str) -> Iterator[list[tuple[str, Document]]]:
+    """The file's documents as (kind, document) pairs, ``CHUNK`` at a time."""
+    changes: list[tuple[str, Document]] = []
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
-                yield line
+                changes.append((kind, parse_line(line)))
+                if len(changes) >= CHUNK:
+                    yield changes
+                    changes = []
+    if changes:
+        yield changes
 
 
 class Applier:
@@ -203,19 +203,23 @@ class Applier:
         return stats
 
     def _apply_file(self, collection: str, path: Path, op: str, stats: ApplyStats, *, fast: bool) -> None:
+        """Write the file in chunks, one bulk write in flight on a helper thread while the next chunk
+        is read and parsed here (pymongo releases the GIL while it waits for the server)."""
         kind = "delete" if op == "delete" else "insert" if fast else "upsert"
-        changes: list[tuple[str, Document]] = []
-        for line in _lines(path):
-            changes.append((kind, parse_line(line)))
-            if len(changes) >= CHUNK:
-                self._write(collection, changes, stats)
-                stats.count(collection, op, len(changes))
-                faults.point("mid_bulk_write")
-                changes = []
-        if changes:
-            self._write(collection, changes, stats)
-            stats.count(collection, op, len(changes))
-            faults.point("mid_bulk_write")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-bulk-write") as writer:
+            in_flight: tuple[Future[None], int] | None = None
+            for changes in _chunks(path, kind):
+                if in_flight is not None:
+                    self._written(collection, op, stats, *in_flight)
+                in_flight = writer.submit(self._write, collection, changes, stats), len(changes)
+            if in_flight is not None:
+                self._written(collection, op, stats, *in_flight)
+
+    @staticmethod
+    def _written(collection: str, op: str, stats: ApplyStats, write: Future[None], size: int) -> None:
+        write.result()  # re-raises the write's error here
+        stats.count(collection, op, size)
+        faults.point("mid_bulk_write")
 
     def mark_applied(self, batch_id: int) -> None:
         @transient_retry

@@ -21,8 +21,8 @@ from bson.codec_options import CodecOptions
 from pymongo.database import Database
 
 from cdc import pg
+from cdc.extjson import parse_line
 from cdc.reader import keyed_table_lines
-from cdc.sink import parse_line
 from cdc.tables import TableInfo
 
 CHUNK = 2_000

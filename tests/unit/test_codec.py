@@ -20,20 +20,22 @@ import bson
 import orjson
 import pytest
 from bson import json_util
-from bson.binary import Binary
+from bson.binary import Binary, UuidRepresentation
+from bson.codec_options import CodecOptions
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cdc import codec
+from cdc import codec, extjson
 from cdc.codec import Column, DocumentTooLarge, RowEncoder, converter, select_expression
 from tests.mongoimport_check import mongoimport_parse
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 JSON_OPTIONS = json_util.JSONOptions(tz_aware=True, tzinfo=UTC)
+UUID_STANDARD = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 WRAPPERS = {"$numberLong", "$numberDecimal", "$numberDouble", "$date", "$binary"}
@@ -113,6 +115,11 @@ def check_line(line: bytes) -> dict[str, Any]:
     _check_json(raw)
     document: dict[str, Any] = json_util.loads(line, json_options=JSON_OPTIONS)
     bson.encode(document)  # a valid BSON document
+    # the applier's fast reader gives what json_util gives, type for type
+    slow = json_util.loads(line, json_options=extjson.JSON_OPTIONS)
+    assert bson.encode(extjson.parse_line(line), codec_options=UUID_STANDARD) == bson.encode(
+        slow, codec_options=UUID_STANDARD
+    )
     return document
 
 
@@ -590,7 +597,8 @@ def sql_text(column: Column) -> str:
 def test_select_expression_casts_what_psycopg_cannot_load_exactly():
     assert sql_text(INTEGER) == '"c"'
     assert sql_text(BYTEA) == '"c"'
-    assert sql_text(MONEY) == '"c"::numeric'
+    assert sql_text(MONEY) == '"c"::numeric::text'
+    assert sql_text(NUMERIC) == '"c"::text'  # the text is the Decimal's str, cheaper to carry
     assert sql_text(array(MONEY)) == '"c"::numeric[]'
     assert sql_text(INTERVAL) == '"c"::text'
     # inet's cast to text always adds the netmask ('::1/128'); its output text does not
@@ -636,6 +644,14 @@ def decimals(draw: st.DrawFn) -> Decimal:
     coefficient = draw(st.integers(0, 10**40) | st.integers(0, 10**34 - 1))
     exponent = draw(st.integers(-7000, 7000) | st.integers(-40, 5) | st.sampled_from([-6176, -6177, 6111, 6112]))
     return Decimal((sign, tuple(int(digit) for digit in str(coefficient)), exponent))
+
+
+@given(decimals())
+def test_numeric_read_as_postgres_text_is_what_the_decimal_gives(value):
+    if value.is_finite() and value.as_tuple().exponent > 0:
+        value = Decimal(format(value, "f"))  # PostgreSQL's numeric never has a positive exponent
+    text = "NaN" if value.is_nan() else format(value, "f")  # numeric_out: fixed notation, scale kept
+    assert codec.numeric(text) == codec.numeric(value)
 
 
 @given(decimals())
@@ -842,3 +858,28 @@ def test_module_constants_match_the_mapping():
     assert codec.JSON_MAX_DEPTH == 90
     assert codec.BSON_MAX_SIZE == 16 * 1024 * 1024
     assert converter(INTEGER)(5) == 5
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"_id":{"$oid":"5f0c8e1e2b3c4d5e6f708192"},"a":1}\n',
+        b'{"_id":1,"d":{"$date":"2025-01-02T03:04:05Z"}}\n',
+        b'{"_id":1,"r":{"$regularExpression":{"pattern":"a","options":"i"}}}\n',
+        b'{"_id":1,"b":{"$binary":{"base64":"AAE=","subType":"05"}}}\n',
+        b'{"_id":1,"n":{"$numberDouble":"1.5"}}\n',
+        b'{"_id":{"a":{"$numberLong":"5"},"b":[{"$numberDecimal":"1.50"},null]}}\n',
+    ],
+)
+def test_fast_reader_gives_what_json_util_gives_for_wrappers_the_codec_never_writes(line):
+    expected = json_util.loads(line, json_options=extjson.JSON_OPTIONS)
+    assert bson.encode(extjson.parse_line(line), codec_options=UUID_STANDARD) == bson.encode(
+        expected, codec_options=UUID_STANDARD
+    )
+
+
+def test_fast_reader_refuses_what_json_util_refuses():
+    with pytest.raises(ValueError):
+        extjson.parse_line(b'{"_id":1,"a":\n')
+    with pytest.raises(bson.errors.InvalidBSON):  # a date beyond datetime's years
+        extjson.parse_line(b'{"_id":1,"d":{"$date":{"$numberLong":"99999999999999999"}}}\n')
