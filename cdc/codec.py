@@ -104,7 +104,9 @@ def select_expression(column: Column, source: sql.Composable) -> sql.Composable:
     if base in TEMPORAL_TYPES:
         return _temporal_as_text(source)
     if base == "money":
-        return sql.SQL("{}::numeric").format(source)
+        return sql.SQL("{}::numeric::text").format(source)
+    if base == "numeric":  # its text is cheaper to carry than a Decimal (see ``numeric``)
+        return sql.SQL("{}::text").format(source)
     if base == "inet":  # inet::text always adds the netmask ('::1/128'); abbrev() is inet's output text ('::1')
         return sql.SQL("abbrev({})").format(source)
     # enums too: in binary results psycopg knows no loader for them and would return bytes
@@ -174,8 +176,18 @@ def _decimal128_text(value: decimal.Decimal) -> str | None:
     return str(value)
 
 
-def numeric(value: decimal.Decimal) -> Json:
-    """Decimal128 when exact (scale kept: 1.50 stays 1.50), else the decimal's text (documented)."""
+def numeric(value: decimal.Decimal | str) -> Json:
+    """Decimal128 when exact (scale kept: 1.50 stays 1.50), else the decimal's text (documented).
+
+    A scalar numeric is read as PostgreSQL's text (``select_expression``), which is ``str`` of the
+    Decimal psycopg would load, except below 1e-6 where ``str`` switches to an exponent: up to 34
+    characters there are at most 34 digits, so such text is used as is.
+    """
+    if type(value) is str:
+        if len(value) <= DECIMAL128_DIGITS and not value.lstrip("-").startswith("0.000000"):
+            return {"$numberDecimal": value}
+        value = decimal.Decimal(value)
+    assert isinstance(value, decimal.Decimal)
     text = _decimal128_text(value)
     return {"$numberDecimal": text} if text is not None else str(value)
 
@@ -190,12 +202,11 @@ def uuid_binary(value: Any) -> Json:
 
 def epoch_ms_or_text(value: str) -> Json:
     """What ``_temporal_as_text`` produced: epoch milliseconds, or a value BSON dates cannot hold."""
-    if _EPOCH_MS.match(value):
+    if (value[1:] if value[:1] == "-" else value).isdigit():  # PostgreSQL writes only ASCII digits
         return {"$date": {"$numberLong": value}}
     return value
 
 
-_EPOCH_MS = re.compile(r"^-?[0-9]+$")
 _ISO_SPACE = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?)([+-]\d{2}(?::?\d{2})?)?$")
 
 
@@ -331,6 +342,7 @@ class RowEncoder:
         by_name = {column.name: index for index, column in enumerate(columns)}
         self.key_converters = tuple(self.converters[by_name[name]] for name in key_columns)
         self.key_names = tuple(key_columns)
+        self._upsert: Callable[[Sequence[Any]], bytes] | None = None
 
     def document_id(self, key: Sequence[Any]) -> Json:
         """``_id``: the key value, or a subdocument in primary-key column order for a composite key."""
@@ -340,12 +352,66 @@ class RowEncoder:
             name: convert(value) for name, convert, value in zip(self.key_names, self.key_converters, key, strict=True)
         }
 
+    def row_upsert(self, pos_at: int, key_at: int, columns_at: int) -> Callable[[Sequence[Any]], bytes]:
+        """A function from a fetched row to its upsert line, compiled for this table: the same bytes as
+        ``upsert_line(row[key_at:…], row[columns_at:…], row[pos_at])`` without a call or a test per
+        value where the converter is the identity or ``int64``. The generated code refers to names and
+        converters only through its namespace, never by their text."""
+        namespace: dict[str, Any] = {
+            "dumps": orjson.dumps, "OPTION": orjson.OPT_APPEND_NEWLINE, "checked": _checked,
+            "isfinite": math.isfinite, "double": double,
+        }  # fmt: skip
+
+        def value(index: int, convert: Converter, label: str) -> str:
+            namespace[label] = convert
+            source = f"row[{index}]"
+            if convert is _identity:
+                return source  # None stays None
+            if convert is int64:
+                return f'(None if (v := {source}) is None else {{"$numberLong": str(v)}})'
+            if convert is double:
+                return f"(v if (v := {source}) is None or isfinite(v) else double(v))"
+            if convert is numeric:  # the common case of ``numeric`` on PostgreSQL's text, inline
+                return (
+                    f'(None if (v := {source}) is None else {{"$numberDecimal": v}} if type(v) is str'
+                    f' and len(v) <= {DECIMAL128_DIGITS} and "0.000000" not in v else {label}(v))'
+                )
+            if convert is epoch_ms_or_text:  # the common case (non-negative epoch milliseconds), inline
+                return (
+                    f'(None if (v := {source}) is None else {{"$date": {{"$numberLong": v}}}}'
+                    f" if v.isdigit() else {label}(v))"
+                )
+            return f"(None if (v := {source}) is None else {label}(v))"
+
+        if len(self.key_names) == 1:
+            document_id = value(key_at, self.key_converters[0], "k0")
+        else:
+            fields = []
+            for index, (name, convert) in enumerate(zip(self.key_names, self.key_converters, strict=True)):
+                namespace[f"kn{index}"] = name
+                fields.append(f"kn{index}: {value(key_at + index, convert, f'k{index}')}")
+            document_id = "{" + ", ".join(fields) + "}"
+        items = [f'"_id": {document_id}']
+        for index, (name, convert) in enumerate(zip(self.names, self.converters, strict=True)):
+            namespace[f"n{index}"] = name
+            items.append(f"n{index}: {value(columns_at + index, convert, f'c{index}')}")
+        items.append(f'"_cdc": {{"pos": {{"$numberLong": str(row[{pos_at}])}}}}')
+        source = (
+            "def encode(row):\n"
+            f"    line = dumps({{{', '.join(items)}}}, option=OPTION)\n"
+            f"    return line if len(line) <= {_MEASURE_ABOVE} else checked(line)\n"
+        )
+        exec(compile(source, "<cdc.codec.row_upsert>", "exec"), namespace)  # noqa: S102
+        encode: Callable[[Sequence[Any]], bytes] = namespace["encode"]
+        return encode
+
     def upsert_line(self, key: Sequence[Any], row: Sequence[Any], pos: int) -> bytes:
-        document: dict[str, Any] = {"_id": self.document_id(key)}
-        for name, convert, value in zip(self.names, self.converters, row, strict=True):
-            document[name] = None if value is None else convert(value)
-        document["_cdc"] = position(pos)
-        return _checked(orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE))
+        """The upsert line of one row (through the same compiled function as ``row_upsert``)."""
+        if len(key) != len(self.key_names) or len(row) != len(self.names):
+            raise ValueError(f"expected {len(self.key_names)} key values and {len(self.names)} columns")
+        if self._upsert is None:
+            self._upsert = self.row_upsert(0, 1, 1 + len(self.key_names))
+        return self._upsert((pos, *key, *row))
 
     def delete_line(self, key: Sequence[Any], pos: int) -> bytes:
         return orjson.dumps({"_id": self.document_id(key), "_cdc": position(pos)}, option=orjson.OPT_APPEND_NEWLINE)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
 EXPORT_LOCK_KEY = 0x0CDC_0002
-_FETCH = 2_000
+_FETCH = 5_000
 
 
 class RowSecurityError(CdcError):
@@ -158,39 +158,49 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def export_table(conn: psycopg.Connection[Any], writer: BatchWriter, table: TableInfo, batch_id: int) -> None:
-    """Write one table's changed keys of ``batch_id``: upserts for present rows, deletes for gone ones."""
+    """Write one table's changed keys of ``batch_id``: upserts for present rows, deletes for gone ones.
+
+    Rows stream from the server in chunks of ``_FETCH`` (libpq's chunked rows mode): PostgreSQL keeps
+    reading the next rows while this process encodes the last ones with the table's compiled
+    ``row_upsert``. One file write per chunk.
+    """
     encoder = RowEncoder(table.columns, table.key_columns)
     width = len(table.key_columns)
+    present_at = 1 + width
+    encode = encoder.row_upsert(0, 1, 2 + width)
     upserts: list[bytes] = []
     deletes: list[bytes] = []
-    with conn.cursor(name=f"drain_{table.relid}", binary=True) as cur:
-        cur.itersize = _FETCH
-        cur.execute(_rows_query(table), {"batch": batch_id, "relid": table.relid})
-        for row in cur:
-            pos, key, present = row[0], row[1 : 1 + width], row[1 + width]
-            try:
-                if present:
-                    upserts.append(encoder.upsert_line(key, row[2 + width :], pos))
-                else:
-                    deletes.append(encoder.delete_line(key, pos))
-            except Exception as exc:  # a value the mapping cannot carry: quarantine the row, keep going
-                reason = str(exc) or type(exc).__name__
-                writer.reject(table.display, [_short(value) for value in key], reason, pos)
-                log.warning(
-                    "rejected %s key %s: %s",
-                    table.display,
-                    _short(list(key)),
-                    _short(reason),
-                    extra={"action": "reject", "table": table.display},
-                )
-            if len(upserts) >= _FETCH:
-                writer.write_many(table.collection, "upsert", upserts)
-                upserts = []
-            if len(deletes) >= _FETCH:
-                writer.write_many(table.collection, "delete", deletes)
-                deletes = []
+    with conn.cursor(binary=True) as cur:
+        rows = cur.stream(_rows_query(table), {"batch": batch_id, "relid": table.relid}, size=_FETCH)
+        assert isinstance(rows, Generator)
+        # closed at once on an error: a suspended stream holds the connection's lock (and the query)
+        with contextlib.closing(rows):
+            for row in rows:
+                try:
+                    if row[present_at]:
+                        upserts.append(encode(row))
+                    else:
+                        deletes.append(encoder.delete_line(row[1:present_at], row[0]))
+                except Exception as exc:  # a value the mapping cannot carry: quarantine the row, keep going
+                    _reject(writer, table, row[1:present_at], exc, row[0])
+                if len(upserts) + len(deletes) >= _FETCH:
+                    writer.write_many(table.collection, "upsert", upserts)
+                    writer.write_many(table.collection, "delete", deletes)
+                    upserts, deletes = [], []
     writer.write_many(table.collection, "upsert", upserts)
     writer.write_many(table.collection, "delete", deletes)
+
+
+def _reject(writer: BatchWriter, table: TableInfo, key: Sequence[Any], exc: Exception, pos: int) -> None:
+    reason = str(exc) or type(exc).__name__
+    writer.reject(table.display, [_short(value) for value in key], reason, pos)
+    log.warning(
+        "rejected %s key %s: %s",
+        table.display,
+        _short(list(key)),
+        _short(reason),
+        extra={"action": "reject", "table": table.display},
+    )
 
 
 def _relations(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, list[int]]]:

@@ -33,20 +33,21 @@ def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int)
     by_name = {column.name: column for column in table.columns}
     key_selects = [select_expression(by_name[name], sql.Identifier("t", name)) for name in table.key_columns]
     column_selects = [select_expression(column, sql.Identifier("t", column.name)) for column in table.columns]
-    query = sql.SQL("SELECT {}, {}, {} FROM {} AS t ORDER BY {}").format(
+    query = sql.SQL("SELECT {}, {}, {}, {}::bigint FROM {} AS t ORDER BY {}").format(
         key_text(table, "t"),
         sql.SQL(", ").join(key_selects),
         sql.SQL(", ").join(column_selects),
+        sql.Literal(pos),
         table.qualified,
         sql.SQL(", ").join(sql.Identifier("t", name) for name in table.key_columns),
     )
-    width = len(table.key_columns)
+    encode = encoder.row_upsert(len(table.key_columns) + 1 + len(table.columns), 1, 1 + len(table.key_columns))
     with conn.cursor(name=f"read_{table.relid}", binary=True) as cur:
-        cur.itersize = _FETCH
         cur.execute(query)
-        for row in cur:
-            try:
-                line: bytes | None = encoder.upsert_line(row[1 : 1 + width], row[1 + width :], pos)
-            except Exception:  # quarantined on export; the caller decides what it means
-                line = None
-            yield row[0], line
+        while rows := cur.fetchmany(_FETCH):
+            for row in rows:
+                try:
+                    line: bytes | None = encode(row)
+                except Exception:  # quarantined on export; the caller decides what it means
+                    line = None
+                yield row[0], line
