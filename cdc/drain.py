@@ -314,15 +314,20 @@ def export_batch(
     exported = ExportedBatch(
         batch_id, path, changes, positions[0], positions[-1], manifest_counts, time.perf_counter() - started
     )
+    fields = {
+        "batch": batch_id,
+        "changes": exported.keys,
+        "upserts": sum(c.get("upsert", 0) for c in manifest_counts.values()),
+        "deletes": sum(c.get("delete", 0) for c in manifest_counts.values()),
+        "rejected": exported.rejected,
+        "seconds": round(exported.seconds, 6),
+        "collections": {name: dict(counter) for name, counter in manifest_counts.items()},
+    }
     log.info(
-        "batch %d: %d changes (%d upserts, %d deletes, %d rejected) in %.3fs",
-        batch_id,
-        exported.keys,
-        sum(c.get("upsert", 0) for c in manifest_counts.values()),
-        sum(c.get("delete", 0) for c in manifest_counts.values()),
-        exported.rejected,
-        exported.seconds,
-        extra={"action": "batch_exported", "batch": batch_id, "changes": exported.keys},
+        "batch %(batch)d: %(changes)d changes (%(upserts)d upserts, %(deletes)d deletes, %(rejected)d rejected)"
+        " in %(seconds).3fs",
+        fields,
+        extra={"action": "batch_exported"},
     )
     return exported
 

@@ -44,7 +44,8 @@ from cdc.mongo import describe, translated
 log = logging.getLogger(__name__)
 
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
-CHUNK = 1_000
+CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
+CHUNK_BYTES = 16 * 1024 * 1024
 DUPLICATE_KEY = 11000
 MAX_REWRITES = 5
 
@@ -102,15 +103,17 @@ def pos_of(document: Document) -> int:
 
 
 def _chunks(path: Path, kind: str) -> Iterator[list[tuple[str, Document]]]:
-    """The file's documents as (kind, document) pairs, ``CHUNK`` at a time."""
+    """The file's documents as (kind, document) pairs, ``CHUNK`` (or ``CHUNK_BYTES``) at a time."""
     changes: list[tuple[str, Document]] = []
+    size = 0
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
                 changes.append((kind, parse_line(line)))
-                if len(changes) >= CHUNK:
+                size += len(line)
+                if len(changes) >= CHUNK or size >= CHUNK_BYTES:
                     yield changes
-                    changes = []
+                    changes, size = [], 0
     if changes:
         yield changes
 

@@ -54,6 +54,8 @@ def test_json_logs_carry_per_batch_fields_and_progress_and_no_secret(dbs, cdc, t
         ("cdc.drain", 2, 2),
         ("cdc.drain", 3, 1),
     ]
+    assert [(entry["upserts"], entry["deletes"], entry["rejected"]) for entry in exported] == [(2, 0, 0), (1, 0, 0)]
+    assert exported[0]["collections"] == {"users": {"upsert": 2}} and exported[0]["seconds"] >= 0
 
     # progress: plain lines (stderr is a pipe here), with fields, one at the end of each step
     done = {entry["step"]: entry for entry in snapshot + verify if entry.get("action") == "progress_done"}
