@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,40 @@ from cdc.sink import Applier
 from cdc.worker import Worker
 
 TABLE = capture_cost.TABLE
-SCALES = {"small": {"rows": 20_000, "export_rows": 100_000}, "medium": {"rows": 200_000, "export_rows": 1_000_000}}
+
+
+@dataclass(frozen=True)
+class Scale:
+    rows: int  # apply, snapshot and incremental
+    export_rows: int
+    capture_rows: int = 200_000  # the issue's 200k-row statements
+    capture_single: int = 5_000
+    latency_seconds: float = 8.0
+    rss_rows: tuple[int, int] = (10_000, 1_000_000)
+    floor_rows: int = 5_000  # the server's own guarded vs unguarded ReplaceOne
+
+
+SCALES = {"small": Scale(rows=20_000, export_rows=100_000), "medium": Scale(rows=200_000, export_rows=1_000_000)}
+# for the test suite only: every figure, computed the same way, on a few hundred rows
+SMOKE = Scale(
+    rows=300, export_rows=2_000, capture_rows=2_000, capture_single=200, latency_seconds=2.0,
+    rss_rows=(500, 2_000), floor_rows=200,
+)  # fmt: skip
 Report = dict[str, Any]
+# each figure: how it compares with its target (issue 7)
+TARGETS = {
+    "capture_overhead_single": ("<=", 1.2),
+    "capture_overhead_bulk_insert": ("<=", 1.5),
+    "capture_overhead_bulk_update": ("<=", 1.5),
+    "export_changes_per_s": (">=", 100_000),
+    "apply_vs_raw": ("<=", 1.1),
+    "apply_guard_floor": ("<=", 1.1),
+    "snapshot_vs_raw": ("<=", 1.1),
+    "notify_latency_p50_ms": ("<=", 50),
+    "notify_latency_p99_ms": ("<=", 250),
+    "incremental_vs_full": ("<=", 0.05),
+    "export_rss_ratio": ("<=", 1.5),
+}
 
 
 def _timed(action: Callable[[], Any]) -> float:
@@ -152,6 +185,44 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
         "snapshot_seconds": snapshot_s,
         "raw_insert_many_seconds": raw_insert_s,
         "apply_changes": rows,
+    }
+
+
+def guard_floor(mongo_uri: str, rows: int) -> Report:
+    """What the server alone charges for the applier's guard: one raw ``bulk_write`` of guarded
+    ``ReplaceOne({_id, "_cdc.pos": {$lt: pos}})`` ÷ one of unguarded ``ReplaceOne({_id})``, the same
+    documents over existing ones, requests built beforehand. ``apply_vs_raw`` cannot go below it."""
+    client = mongo.client(mongo_uri)
+    client.drop_database("cdc_bench_guard")
+    try:
+        target = Applier(client["cdc_bench_guard"]).collection(TABLE)
+        documents = [{"_id": n, "n": n, "title": f"song {n}", "_cdc": {"pos": n}} for n in range(rows)]
+        target.insert_many(documents, ordered=False)
+        timings: dict[str, list[float]] = {"guarded": [], "unguarded": []}
+        pos = rows
+        for _ in range(2):  # alternate, so drift hits both sides alike
+            for label in ("unguarded", "guarded"):
+                pos += rows
+                requests: list[Any] = [
+                    ReplaceOne(
+                        {"_id": d["_id"], "_cdc.pos": {"$lt": pos}} if label == "guarded" else {"_id": d["_id"]},
+                        {**d, "_cdc": {"pos": pos}},
+                        upsert=True,
+                    )
+                    for d in documents
+                ]
+                started = time.perf_counter()
+                target.bulk_write(requests, ordered=False)
+                timings[label].append(time.perf_counter() - started)
+    finally:
+        client.drop_database("cdc_bench_guard")
+        client.close()
+    guarded, unguarded = min(timings["guarded"]), min(timings["unguarded"])
+    return {
+        "apply_guard_floor": guarded / unguarded,
+        "guarded_replace_seconds": guarded,
+        "unguarded_replace_seconds": unguarded,
+        "guard_floor_rows": rows,
     }
 
 
@@ -302,11 +373,11 @@ class _Quiet:
         return None
 
 
-def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None]) -> Report:
-    sizes = SCALES[scale]
+def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None], sizes: Scale | None = None) -> Report:
+    sizes = sizes or SCALES[scale]
     report: Report = {"scale": scale, "python": sys.version.split()[0], "maxrss_parent_mb": 0.0}
     progress("capture overhead")
-    cost = capture_cost.measure(dsn, rows=200_000, single=5_000, rounds=3)
+    cost = capture_cost.measure(dsn, rows=sizes.capture_rows, single=sizes.capture_single, rounds=3)
     report.update(
         capture_overhead_single=cost.single_ratio,
         capture_overhead_bulk_insert=cost.bulk_insert_ratio,
@@ -314,15 +385,17 @@ def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None]) -
         capture_raw_seconds=cost.__dict__,
     )
     progress("export speed")
-    report.update(export_speed(dsn, sizes["export_rows"]))
+    report.update(export_speed(dsn, sizes.export_rows))
     progress("apply and snapshot vs raw pymongo")
-    report.update(apply_and_snapshot(dsn, mongo_uri, sizes["rows"]))
+    report.update(apply_and_snapshot(dsn, mongo_uri, sizes.rows))
+    progress("the server's cost of the guard")
+    report.update(guard_floor(mongo_uri, sizes.floor_rows))
     progress("incremental vs the seed's full reload")
-    report.update(incremental_vs_full(dsn, mongo_uri, sizes["rows"]))
+    report.update(incremental_vs_full(dsn, mongo_uri, sizes.rows))
     progress("NOTIFY latency")
-    report.update(notify_latency(dsn, mongo_uri))
+    report.update(notify_latency(dsn, mongo_uri, sizes.latency_seconds))
     progress("export RSS")
-    report.update(export_rss(dsn, 10_000, 1_000_000))
+    report.update(export_rss(dsn, *sizes.rss_rows))
     with pg.connect(dsn) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
         conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])

@@ -10,19 +10,6 @@ from cdc.bench import suite
 from cdc.cli import settings_options
 from cdc.config import Settings
 
-TARGETS = {
-    "capture_overhead_single": ("<=", 1.2),
-    "capture_overhead_bulk_insert": ("<=", 1.5),
-    "capture_overhead_bulk_update": ("<=", 1.5),
-    "export_changes_per_s": (">=", 100_000),
-    "apply_vs_raw": ("<=", 1.1),
-    "snapshot_vs_raw": ("<=", 1.1),
-    "notify_latency_p50_ms": ("<=", 50),
-    "notify_latency_p99_ms": ("<=", 250),
-    "incremental_vs_full": ("<=", 0.05),
-    "export_rss_ratio": ("<=", 1.5),
-}
-
 
 @click.command()
 @settings_options
@@ -44,7 +31,7 @@ def bench(settings: Settings, as_json: bool, scale: str) -> None:
     if as_json:
         click.echo(orjson.dumps(report, default=str).decode())
         return
-    for key, (relation, target) in TARGETS.items():
+    for key, (relation, target) in suite.TARGETS.items():
         value = report.get(key)
         if value is None:
             click.echo(f"{key:<32} {'n/a':>12}")
