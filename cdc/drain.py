@@ -20,7 +20,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,10 @@ from cdc.tables import TableInfo
 log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
+Fence = Callable[[psycopg.Connection[Any]], None]
 EXPORT_LOCK_KEY = 0x0CDC_0002
 _FETCH = 5_000
+LIBPQ_CHUNKED_ROWS = 170000  # libpq 17: PQsetChunkedRowsMode
 
 
 class RowSecurityError(CdcError):
@@ -75,7 +77,11 @@ def outbox_head(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def _claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str) -> tuple[int, list[int]] | None:
+def _claim(
+    conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str, fence: Fence | None = None
+) -> tuple[int, list[int]] | None:
+    if fence is not None:
+        fence(conn)
     candidates = conn.execute(
         "SELECT pos, coalesce(cardinality(keys), 0) FROM cdc.outbox WHERE pos <= %s"
         " ORDER BY pos LIMIT %s FOR UPDATE SKIP LOCKED",
@@ -160,9 +166,9 @@ def _short(value: Any, limit: int = 120) -> str:
 def export_table(conn: psycopg.Connection[Any], writer: BatchWriter, table: TableInfo, batch_id: int) -> None:
     """Write one table's changed keys of ``batch_id``: upserts for present rows, deletes for gone ones.
 
-    Rows stream from the server in chunks of ``_FETCH`` (libpq's chunked rows mode): PostgreSQL keeps
-    reading the next rows while this process encodes the last ones with the table's compiled
-    ``row_upsert``. One file write per chunk.
+    Rows stream from the server in chunks of ``_FETCH`` (``_streamed``): PostgreSQL keeps reading the
+    next rows while this process encodes the last ones with the table's compiled ``row_upsert``.
+    One file write per chunk.
     """
     encoder = RowEncoder(table.columns, table.key_columns)
     width = len(table.key_columns)
@@ -170,25 +176,39 @@ def export_table(conn: psycopg.Connection[Any], writer: BatchWriter, table: Tabl
     encode = encoder.row_upsert(0, 1, 2 + width)
     upserts: list[bytes] = []
     deletes: list[bytes] = []
-    with conn.cursor(binary=True) as cur:
-        rows = cur.stream(_rows_query(table), {"batch": batch_id, "relid": table.relid}, size=_FETCH)
-        assert isinstance(rows, Generator)
-        # closed at once on an error: a suspended stream holds the connection's lock (and the query)
-        with contextlib.closing(rows):
-            for row in rows:
-                try:
-                    if row[present_at]:
-                        upserts.append(encode(row))
-                    else:
-                        deletes.append(encoder.delete_line(row[1:present_at], row[0]))
-                except Exception as exc:  # a value the mapping cannot carry: quarantine the row, keep going
-                    _reject(writer, table, row[1:present_at], exc, row[0])
-                if len(upserts) + len(deletes) >= _FETCH:
-                    writer.write_many(table.collection, "upsert", upserts)
-                    writer.write_many(table.collection, "delete", deletes)
-                    upserts, deletes = [], []
+    with _streamed(conn, _rows_query(table), {"batch": batch_id, "relid": table.relid}) as rows:
+        for row in rows:
+            try:
+                if row[present_at]:
+                    upserts.append(encode(row))
+                else:
+                    deletes.append(encoder.delete_line(row[1:present_at], row[0]))
+            except Exception as exc:  # a value the mapping cannot carry: quarantine the row, keep going
+                _reject(writer, table, row[1:present_at], exc, row[0])
+            if len(upserts) + len(deletes) >= _FETCH:
+                writer.write_many(table.collection, "upsert", upserts)
+                writer.write_many(table.collection, "delete", deletes)
+                upserts, deletes = [], []
     writer.write_many(table.collection, "upsert", upserts)
     writer.write_many(table.collection, "delete", deletes)
+
+
+@contextlib.contextmanager
+def _streamed(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[str, Any]) -> Iterator[Iterator[Any]]:
+    """The query's rows in binary, ``_FETCH`` at a time. With libpq 17 or later they stream in chunked
+    rows mode (the server keeps producing while we encode); before that, through a server-side cursor."""
+    if psycopg.pq.version() >= LIBPQ_CHUNKED_ROWS:
+        with conn.cursor(binary=True) as cur:
+            rows = cur.stream(query, params, size=_FETCH)
+            assert isinstance(rows, Generator)
+            # closed at once on an error: a suspended stream holds the connection's lock (and the query)
+            with contextlib.closing(rows):
+                yield rows
+        return
+    with conn.cursor(name="cdc_drain", binary=True) as named:
+        named.itersize = _FETCH
+        named.execute(query, params)
+        yield iter(named)
 
 
 def _reject(writer: BatchWriter, table: TableInfo, key: Sequence[Any], exc: Exception, pos: int) -> None:
@@ -274,17 +294,24 @@ def _exclusive_turn(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 
 def export_batch(
-    conn: psycopg.Connection[Any], archive_dir: Path, *, batch_size: int, up_to: int | None = None, mode: str = "export"
+    conn: psycopg.Connection[Any],
+    archive_dir: Path,
+    *,
+    batch_size: int,
+    up_to: int | None = None,
+    mode: str = "export",
+    fence: Fence | None = None,
 ) -> ExportedBatch | None:
     """Claim, read, write and commit one batch; None when there is nothing to claim.
 
     ``conn`` must come from ``drain_connection`` (REPEATABLE READ). In ``export`` mode the batch is
-    final once written (state ``exported``); ``run`` mode leaves it for the applier.
+    final once written (state ``exported``); ``run`` mode leaves it for the applier. ``fence`` runs
+    in the claim's transaction, before the claim, and raises to refuse it (the worker's lock check).
     """
     started = time.perf_counter()
     with pg.translated("exporting a batch"), _exclusive_turn(conn):
         try:
-            claimed = _claim(conn, batch_size, INT64_MAX if up_to is None else up_to, mode)
+            claimed = _claim(conn, batch_size, INT64_MAX if up_to is None else up_to, mode, fence)
             if claimed is None:
                 conn.rollback()
                 return None

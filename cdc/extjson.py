@@ -28,6 +28,9 @@ JSON_OPTIONS = json_util.JSONOptions(
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DOUBLES = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
+# orjson reads an integer literal beyond 64 bits as a float, where json_util keeps the int (which BSON
+# then refuses): any number that large takes json_util's path.
+_WIDE = float(2**63)
 _DECIMAL_CACHE_SIZE = 4096
 _DECIMALS: dict[Any, Decimal128] = {}
 
@@ -97,7 +100,15 @@ _WRAPPERS = {
 
 
 def _list(value: list[Any]) -> list[Any]:
-    return [_object(item) if type(item) is dict else _list(item) if type(item) is list else item for item in value]
+    return [
+        _object(item) if type(item) is dict else _list(item) if type(item) is list else _scalar(item) for item in value
+    ]
+
+
+def _scalar(value: Any) -> Any:
+    if type(value) is float and not -_WIDE < value < _WIDE:
+        raise _Unusual
+    return value
 
 
 def _object(value: dict[str, Any]) -> Any:
@@ -120,6 +131,8 @@ def _object(value: dict[str, Any]) -> Any:
                 converted[key] = _object(item)
         elif kind is list:
             converted[key] = _list(item)
+        elif kind is float and not -_WIDE < item < _WIDE:  # maybe an integer orjson widened: json_util decides
+            raise _Unusual
         else:
             converted[key] = item
     if any(key.startswith("$") for key in converted):

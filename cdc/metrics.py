@@ -171,13 +171,15 @@ class Metrics:
         self.retries.inc()
 
     # ---- exposition ---------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` over HTTP from a daemon thread."""
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP from a daemon thread; returns the port (``0`` picks a free one)."""
         try:
             self._server, _ = start_http_server(port, host, registry=self.registry)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-        log.info("metrics on http://%s:%d/metrics", host, port, extra={"action": "metrics_serve"})
+        bound = int(self._server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound, extra={"action": "metrics_serve"})
+        return bound
 
     def write_textfile(self, path: Path) -> None:
         """Write the metrics for node-exporter's textfile collector (a temporary file, then a rename)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bson.errors
 import pymongo
 import pymongo.errors
 from bson.codec_options import CodecOptions
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
 CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
 CHUNK_BYTES = 16 * 1024 * 1024
+FIRST_CHUNK = 500
 DUPLICATE_KEY = 11000
 MAX_REWRITES = 5
 
@@ -105,15 +107,20 @@ def pos_of(document: Document) -> int:
 def _chunks(path: Path, kind: str) -> Iterator[list[tuple[str, Document]]]:
     """The file's documents as (kind, document) pairs, ``CHUNK`` (or ``CHUNK_BYTES``) at a time."""
     changes: list[tuple[str, Document]] = []
-    size = 0
+    size, limit = 0, FIRST_CHUNK  # a small first chunk: its parsing is the only part not hidden by a write
     with path.open("rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if line.strip():
-                changes.append((kind, parse_line(line)))
+                try:
+                    changes.append((kind, parse_line(line)))
+                except (ValueError, bson.errors.BSONError) as exc:  # the file matched its manifest digest
+                    raise archive.ArchiveError(
+                        f"{path.parent.name}/{path.name} line {number}: not a document MongoDB can hold: {exc}"
+                    ) from None
                 size += len(line)
-                if len(changes) >= CHUNK or size >= CHUNK_BYTES:
+                if len(changes) >= limit or size >= CHUNK_BYTES:
                     yield changes
-                    changes, size = [], 0
+                    changes, size, limit = [], 0, CHUNK
     if changes:
         yield changes
 

@@ -25,6 +25,8 @@ from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
+# keys per batch of a snapshot: one outbox page, so the next page is exported while this one is applied
+BATCH_SIZE = CHUNK
 PAGE_ATTEMPTS = 10
 
 

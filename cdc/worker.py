@@ -9,8 +9,10 @@ first, re-exported from the ledger's keys when their archive folder is missing o
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +74,8 @@ class Worker:
         self.progress: Progress | None = None  # told the changes of every batch applied
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._export_conn: psycopg.Connection[Any] | None = None
+        self._lock_pid: int | None = None  # the backend holding the worker lock: the claim's fence
         self._listener: psycopg.Connection[Any] | None = None
 
     # ---- the lock -----------------------------------------------------------------------------
@@ -81,12 +85,26 @@ class Worker:
             with pg.translated("taking the worker lock"):
                 row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
             if row and row[0]:
+                self._lock_pid = self._lock_conn.info.backend_pid
                 return True
             if not wait:
                 return False
             log.info("another worker holds the lock; waiting", extra={"action": "worker_wait"})
             self.stop.wait(2)
         return False
+
+    def assert_lock_holder(self, conn: psycopg.Connection[Any]) -> None:
+        """Inside a claim's transaction: raise ``LockLost`` unless our lock backend still holds the lock.
+
+        ``check_lock`` runs before the claim; this runs in it, so a worker whose lock connection died
+        a moment ago claims nothing (a lock is no fence once its connection has dropped)."""
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
+            " AND objsubid = 2 AND pid = %s AND granted)",
+            [*WORKER_LOCK, self._lock_pid],
+        ).fetchone()
+        if not row or not row[0]:
+            raise LockLost()
 
     def check_lock(self) -> None:
         conn = self._lock_conn
@@ -106,10 +124,10 @@ class Worker:
             raise LockLost()
 
     def release(self) -> None:
-        for conn in (self._conn, self._lock_conn):
+        for conn in (self._conn, self._export_conn, self._lock_conn):
             if conn is not None and not conn.closed:
                 conn.close()
-        self._conn = self._lock_conn = None
+        self._conn = self._export_conn = self._lock_conn = None
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -202,23 +220,50 @@ class Worker:
         return len(pending)
 
     def cycle(self, up_to: int | None = None) -> int:
-        """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``)."""
+        """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).
+
+        The next batch is exported on a second connection while this one is applied (at most two
+        exported and not yet applied: one queued, one being exported): PostgreSQL reads and Python
+        encodes while MongoDB writes. Each claim is fenced by the worker lock (``assert_lock_holder``),
+        and batches are applied in batch order; one exported but never applied (a stop, an error) is
+        pending, finished first next time.
+        """
         done = self.finish_pending()
-        while not self.stop.is_set():
-            self.check_lock()
-            exported = drain.export_batch(
-                self.conn, self.archive_dir, batch_size=self.batch_size, up_to=up_to, mode="run"
-            )
-            if exported is None:
+        self.check_lock()
+        exporter = _Exporter(self, up_to)
+        applied_all = False
+        try:
+            for exported in exporter.batches():
+                self.stats.rejected += exported.rejected
                 if self.metrics is not None:
-                    self.metrics.drained()
-                break
-            self.stats.rejected += exported.rejected
-            if self.metrics is not None:
-                self.metrics.batch_exported(exported)
-            self.apply_batch(exported.batch_id, self.fast_insert)
-            done += 1
+                    self.metrics.batch_exported(exported)
+                if self.stop.is_set():
+                    break
+                done += self._apply_in_order(exported.batch_id)
+            else:
+                applied_all = True
+        finally:
+            exporter.close()
+        if applied_all and exporter.drained and self.metrics is not None:
+            self.metrics.drained()
         return done
+
+    def _apply_in_order(self, batch_id: int) -> int:
+        """Apply ``batch_id``, after any pending batch with a smaller id (one another worker claimed
+        just before it lost its lock): batches reach MongoDB in batch order."""
+        earlier = [pending for pending in ledger.pending_batches(self.conn) if pending < batch_id]
+        for pending in earlier:
+            log.info("batch %d: pending from an earlier claim; applying it first", pending)
+            self.apply_batch(pending)
+        self.apply_batch(batch_id, self.fast_insert)
+        return len(earlier) + 1
+
+    @property
+    def export_conn(self) -> psycopg.Connection[Any]:
+        """The exporter's own connection (REPEATABLE READ, like ``conn``)."""
+        if self._export_conn is None or self._export_conn.closed or self._export_conn.broken:
+            self._export_conn = drain.drain_connection(self.dsn)
+        return self._export_conn
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, *, interval: float, listen: bool, once: bool) -> RunStats:
@@ -280,9 +325,10 @@ class Worker:
     def _recover(self) -> None:
         """After a lost connection: wait a little, reconnect, and take the lock again."""
         self.stop.wait(1)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._export_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._export_conn = None
         try:
             self.check_lock()
         except LockLost:
@@ -292,3 +338,60 @@ class Worker:
                 self.acquire()
             except PostgresUnavailable as exc:
                 log.warning("PostgreSQL unavailable: %s", exc, extra={"action": "reconnect"})
+
+
+class _Exporter:
+    """Exports batches on a thread, one ahead of the applier, until the outbox is drained.
+
+    The queue holds one batch: the thread exports the next while the worker applies the last, then
+    waits to hand it over. It ends with ``None`` (drained, stopped or closed) or the exception that stopped it.
+    """
+
+    def __init__(self, worker: Worker, up_to: int | None) -> None:
+        self.worker = worker
+        self.up_to = up_to
+        self.drained = False
+        self._queue: queue.Queue[drain.ExportedBatch | BaseException | None] = queue.Queue(maxsize=1)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cdc-export", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        final: BaseException | None = None
+        try:
+            while not (self._halt.is_set() or self.worker.stop.is_set()):
+                exported = drain.export_batch(
+                    self.worker.export_conn,
+                    self.worker.archive_dir,
+                    batch_size=self.worker.batch_size,
+                    up_to=self.up_to,
+                    mode="run",
+                    fence=self.worker.assert_lock_holder,
+                )
+                if exported is None:
+                    self.drained = True
+                    break
+                self._put(exported)
+        except BaseException as exc:  # handed to the applying thread, which raises it
+            final = exc
+        finally:
+            self._put(final)
+
+    def _put(self, item: drain.ExportedBatch | BaseException | None) -> None:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return
+
+    def batches(self) -> Iterator[drain.ExportedBatch]:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop after the batch being exported (it stays pending) and wait for the thread."""
+        self._halt.set()
+        self._thread.join()

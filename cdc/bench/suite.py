@@ -144,7 +144,9 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
         documents = _final_documents(dsn)
 
         # snapshot through the pipeline vs raw insert_many of the same documents
-        snap_worker = Worker(dsn, Applier(client["cdc_bench_snapshot"]), folder / "snap")
+        snap_worker = Worker(
+            dsn, Applier(client["cdc_bench_snapshot"]), folder / "snap", batch_size=snapshot.BATCH_SIZE
+        )
         snap_worker.fast_insert = {TABLE}
 
         def run_snapshot() -> None:

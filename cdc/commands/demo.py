@@ -15,7 +15,7 @@ from cdc.cli import metrics_options, settings_options
 from cdc.commands.schema import print_report
 from cdc.commands.sync import verify_tables
 from cdc.config import Settings
-from cdc.errors import CheckFailed
+from cdc.errors import CheckFailed, ConfigError
 from cdc.latency import LatencyProbe
 from cdc.progress import track
 from cdc.sink import Applier
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cdc.metrics import Metrics
 
 log = logging.getLogger(__name__)
+DEMO_METRICS_PORT = 9108  # as in ops/ (the Deployment, compose)
 
 
 @click.command()
@@ -59,7 +60,9 @@ def demo(
     install capture, snapshot, then a live workload with `run --listen` for --duration seconds
     (a live line of throughput, backlog and lag), verify, and a summary with the commit-to-MongoDB
     latency. Exits 0 only when verify is clean. Uses --pg/--mongo instead of the embedded stack
-    when both are given; stops the embedded stack at the end unless --keep.
+    when both are given; stops the embedded stack at the end unless --keep. Serves Prometheus
+    metrics while it runs, on --metrics-port or else 9108 (a free port when 9108 is taken; the
+    address is printed).
     """
     counts = counts_for(parse_scale(scale))
     embedded = not (settings.pg_dsn_given and settings.mongo_uri_given)
@@ -68,7 +71,7 @@ def demo(
         stack.up()
         click.echo(f"[1/7] stack up under {settings.data_dir} ({stack.paths.env_file})")
     try:
-        _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port) if metrics_port else None)
+        _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port))
     finally:
         if embedded and not keep:
             stack.down()
@@ -76,29 +79,31 @@ def demo(
 
 
 def _demo(
-    settings: Settings, counts: Counts, scale: str, duration: float, rate: float, *, serve: tuple[str, int] | None
+    settings: Settings, counts: Counts, scale: str, duration: float, rate: float, *, serve: tuple[str, int | None]
 ) -> None:
+    from cdc.metrics import Metrics  # noqa: PLC0415
+
     dsn = settings.pg_dsn()
     client = mongo.client(settings.mongo_uri())
     client.drop_database(settings.mongo_db)
     database = client[settings.mongo_db]
-    metrics = None
-    if serve is not None:
-        from cdc.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
-
-        metrics = Metrics(dsn)
+    metrics = Metrics(dsn)
     try:
-        if metrics is not None and serve is not None:
-            metrics.serve(*serve)
-            click.echo(f"metrics on http://{serve[0]}:{serve[1]}/metrics")
+        host, port = serve
+        try:  # the demo always serves its metrics: DEMO_METRICS_PORT, or any free port when that is taken
+            bound = metrics.serve(host, port or DEMO_METRICS_PORT)
+        except ConfigError:
+            if port:
+                raise
+            bound = metrics.serve(host, 0)
+        click.echo(f"metrics on http://{host}:{bound}/metrics (curl it while the demo runs)")
         rows = _prepare(dsn, counts, scale)
         _snapshot(dsn, database, settings, rows, metrics)
         probe = _live_sync(dsn, database, settings, duration, rate, metrics=metrics)
         _verify(dsn, database, probe)
     finally:
         client.close()
-        if metrics is not None:
-            metrics.close()
+        metrics.close()
 
 
 def _prepare(dsn: str, counts: Counts, scale: str) -> int:
@@ -116,7 +121,7 @@ def _prepare(dsn: str, counts: Counts, scale: str) -> int:
 
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
-    worker = Worker(dsn, Applier(database), settings.archive_dir, metrics=metrics)
+    worker = Worker(dsn, Applier(database), settings.archive_dir, batch_size=snapshot.BATCH_SIZE, metrics=metrics)
     with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
         keys, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
     worker.acquire()

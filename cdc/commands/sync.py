@@ -98,7 +98,13 @@ def run(
 @click.command(name="snapshot")
 @settings_options
 @click.option("--tables", "table_list", metavar="A,B", help="Only these captured tables [default: all].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=snapshot.BATCH_SIZE,
+    show_default=True,
+    help="Keys per batch (the next batch is exported while one is applied).",
+)
 def snapshot_command(settings: Settings, table_list: str | None, batch_size: int) -> None:
     """Full migration of the captured tables (or some of them) to MongoDB, through the archive.
 

@@ -81,8 +81,10 @@ def exporter(dsn: str, archive_dir, stop: threading.Event, errors: list, batches
         conn.close()
 
 
-@pytest.mark.parametrize("exporters", [1, 2])
-def test_concurrent_writers_and_exporters_lose_nothing(pg_dsn, tmp_path, exporters):
+@pytest.mark.parametrize(("exporters", "chunked_rows"), [(1, True), (2, True), (1, False)])
+def test_concurrent_writers_and_exporters_lose_nothing(pg_dsn, tmp_path, monkeypatch, exporters, chunked_rows):
+    if not chunked_rows:  # the path for libpq before 17: a server-side cursor
+        monkeypatch.setattr(drain, "LIBPQ_CHUNKED_ROWS", 10**9)
     with pg.connect(pg_dsn) as conn:
         conn.execute(STRESS_DDL)
         conn.commit()

@@ -868,6 +868,7 @@ def test_module_constants_match_the_mapping():
         b'{"_id":1,"r":{"$regularExpression":{"pattern":"a","options":"i"}}}\n',
         b'{"_id":1,"b":{"$binary":{"base64":"AAE=","subType":"05"}}}\n',
         b'{"_id":1,"n":{"$numberDouble":"1.5"}}\n',
+        b'{"_id":1,"big":1e300,"small":-1.5e19,"list":[1e19,2.5]}\n',
         b'{"_id":{"a":{"$numberLong":"5"},"b":[{"$numberDecimal":"1.50"},null]}}\n',
     ],
 )
@@ -881,5 +882,7 @@ def test_fast_reader_gives_what_json_util_gives_for_wrappers_the_codec_never_wri
 def test_fast_reader_refuses_what_json_util_refuses():
     with pytest.raises(ValueError):
         extjson.parse_line(b'{"_id":1,"a":\n')
+    with pytest.raises(OverflowError):  # an integer beyond int64 (orjson alone would read a float)
+        bson.encode(extjson.parse_line(b'{"_id":1,"n":[123456789012345678901234567890]}\n'))
     with pytest.raises(bson.errors.InvalidBSON):  # a date beyond datetime's years
         extjson.parse_line(b'{"_id":1,"d":{"$date":{"$numberLong":"99999999999999999"}}}\n')
