@@ -332,6 +332,10 @@ def position(pos: int) -> Json:
     return {"pos": {"$numberLong": str(pos)}}
 
 
+_COMPILED: dict[tuple[Any, ...], Callable[[Sequence[Any]], bytes]] = {}
+_COMPILED_MAX = 1024
+
+
 class RowEncoder:
     """Encodes one table's rows; converters are chosen once per column, not per value."""
 
@@ -353,6 +357,16 @@ class RowEncoder:
         }
 
     def row_upsert(self, pos_at: int, key_at: int, columns_at: int) -> Callable[[Sequence[Any]], bytes]:
+        """``_compile_row_upsert``, compiled once per table shape and process."""
+        shape = (self.columns, self.key_names, pos_at, key_at, columns_at)
+        compiled = _COMPILED.get(shape)
+        if compiled is None:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.clear()
+            compiled = _COMPILED[shape] = self._compile_row_upsert(pos_at, key_at, columns_at)
+        return compiled
+
+    def _compile_row_upsert(self, pos_at: int, key_at: int, columns_at: int) -> Callable[[Sequence[Any]], bytes]:
         """A function from a fetched row to its upsert line, compiled for this table: the same bytes as
         ``upsert_line(row[key_at:…], row[columns_at:…], row[pos_at])`` without a call or a test per
         value where the converter is the identity or ``int64``. The generated code refers to names and

@@ -48,6 +48,7 @@ APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batche
 CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
 CHUNK_BYTES = 16 * 1024 * 1024
 FIRST_CHUNK = 500
+INLINE_BYTES = 256 * 1024  # files up to this size are written without the helper thread
 DUPLICATE_KEY = 11000
 MAX_REWRITES = 5
 
@@ -216,6 +217,12 @@ class Applier:
         """Write the file in chunks, one bulk write in flight on a helper thread while the next chunk
         is read and parsed here (pymongo releases the GIL while it waits for the server)."""
         kind = "delete" if op == "delete" else "insert" if fast else "upsert"
+        if path.stat().st_size <= INLINE_BYTES:  # a live batch's few lines: no thread to start
+            for changes in _chunks(path, kind):
+                self._write(collection, changes, stats)
+                stats.count(collection, op, len(changes))
+                faults.point("mid_bulk_write")
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-bulk-write") as writer:
             in_flight: tuple[Future[None], int] | None = None
             for changes in _chunks(path, kind):

@@ -222,24 +222,52 @@ class Worker:
     def cycle(self, up_to: int | None = None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).
 
-        The next batch is exported on a second connection while this one is applied (at most two
-        exported and not yet applied: one queued, one being exported): PostgreSQL reads and Python
-        encodes while MongoDB writes. Each claim is fenced by the worker lock (``assert_lock_holder``),
-        and batches are applied in batch order; one exported but never applied (a stop, an error) is
-        pending, finished first next time.
+        Each claim is fenced by the worker lock (``assert_lock_holder``) and batches are applied in
+        batch order. A live trickle is exported and applied in turn, so changes that arrive during an
+        apply gather into the next batch. A full batch means a backlog: then the next batch is exported
+        on a second connection while this one is applied (``_pipelined``). A batch exported but never
+        applied (a stop, an error) is pending, finished first next time.
         """
         done = self.finish_pending()
-        self.check_lock()
+        while not self.stop.is_set():
+            self.check_lock()
+            exported = drain.export_batch(
+                self.conn,
+                self.archive_dir,
+                batch_size=self.batch_size,
+                up_to=up_to,
+                mode="run",
+                fence=self.assert_lock_holder,
+            )
+            if exported is None:
+                if self.metrics is not None:
+                    self.metrics.drained()
+                break
+            self._exported(exported)
+            if exported.keys >= self.batch_size:
+                return done + self._pipelined(exported, up_to)
+            done += self._apply_in_order(exported.batch_id)
+        return done
+
+    def _exported(self, exported: drain.ExportedBatch) -> None:
+        self.stats.rejected += exported.rejected
+        if self.metrics is not None:
+            self.metrics.batch_exported(exported)
+
+    def _pipelined(self, first: drain.ExportedBatch, up_to: int | None) -> int:
+        """Apply ``first`` and the rest of a backlog, the next batch exported while the last is applied
+        (PostgreSQL reads and Python encodes while MongoDB writes); at most two batches exported and
+        not yet applied."""
         exporter = _Exporter(self, up_to)
         applied_all = False
         try:
+            done = self._apply_in_order(first.batch_id)
             for exported in exporter.batches():
-                self.stats.rejected += exported.rejected
-                if self.metrics is not None:
-                    self.metrics.batch_exported(exported)
+                self._exported(exported)
                 if self.stop.is_set():
                     break
                 done += self._apply_in_order(exported.batch_id)
+                exporter.applied()
             else:
                 applied_all = True
         finally:
@@ -248,22 +276,26 @@ class Worker:
             self.metrics.drained()
         return done
 
-    def _apply_in_order(self, batch_id: int) -> int:
-        """Apply ``batch_id``, after any pending batch with a smaller id (one another worker claimed
-        just before it lost its lock): batches reach MongoDB in batch order."""
-        earlier = [pending for pending in ledger.pending_batches(self.conn) if pending < batch_id]
-        for pending in earlier:
-            log.info("batch %d: pending from an earlier claim; applying it first", pending)
-            self.apply_batch(pending)
-        self.apply_batch(batch_id, self.fast_insert)
-        return len(earlier) + 1
-
     @property
     def export_conn(self) -> psycopg.Connection[Any]:
         """The exporter's own connection (REPEATABLE READ, like ``conn``)."""
         if self._export_conn is None or self._export_conn.closed or self._export_conn.broken:
             self._export_conn = drain.drain_connection(self.dsn)
         return self._export_conn
+
+    def _apply_in_order(self, batch_id: int) -> int:
+        """Apply ``batch_id``, after any pending batch with a smaller id (one another worker claimed
+        just before it lost its lock): batches reach MongoDB in batch order."""
+        earlier = []
+        if self.stats.last_batch is None or batch_id != self.stats.last_batch + 1:
+            # (after batch N, N+1 needs no look: a claim commits within its exporter's turn, so
+            # any batch below N+1 was visible when N was applied)
+            earlier = [pending for pending in ledger.pending_batches(self.conn) if pending < batch_id]
+        for pending in earlier:
+            log.info("batch %d: pending from an earlier claim; applying it first", pending)
+            self.apply_batch(pending)
+        self.apply_batch(batch_id, self.fast_insert)
+        return len(earlier) + 1
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, *, interval: float, listen: bool, once: bool) -> RunStats:
@@ -341,10 +373,12 @@ class Worker:
 
 
 class _Exporter:
-    """Exports batches on a thread, one ahead of the applier, until the outbox is drained.
+    """Exports batches on a thread, ahead of the applier, until the outbox is drained.
 
     The queue holds one batch: the thread exports the next while the worker applies the last, then
-    waits to hand it over. It ends with ``None`` (drained, stopped or closed) or the exception that stopped it.
+    waits to hand it over; after a batch that is not full it waits until that batch is applied, so
+    a trickle gathers into one batch. It ends with ``None`` (drained, stopped or closed) or the
+    exception that stopped it.
     """
 
     def __init__(self, worker: Worker, up_to: int | None) -> None:
@@ -353,6 +387,8 @@ class _Exporter:
         self.drained = False
         self._queue: queue.Queue[drain.ExportedBatch | BaseException | None] = queue.Queue(maxsize=1)
         self._halt = threading.Event()
+        self._progress = threading.Condition()
+        self._handed = self._applied = 0
         self._thread = threading.Thread(target=self._run, name="cdc-export", daemon=True)
         self._thread.start()
 
@@ -372,6 +408,10 @@ class _Exporter:
                     self.drained = True
                     break
                 self._put(exported)
+                if exported.keys < self.worker.batch_size:
+                    # the outbox is about drained: let new changes gather while this batch is applied,
+                    # rather than shipping them one by one in batches that each pay a batch's overhead
+                    self._wait_applied()
         except BaseException as exc:  # handed to the applying thread, which raises it
             final = exc
         finally:
@@ -383,7 +423,20 @@ class _Exporter:
                 self._queue.put(item, timeout=0.1)
             except queue.Full:
                 continue
+            if item is not None and not isinstance(item, BaseException):
+                with self._progress:
+                    self._handed += 1
             return
+
+    def _wait_applied(self) -> None:
+        with self._progress:
+            self._progress.wait_for(lambda: self._applied >= self._handed or self._halt.is_set())
+
+    def applied(self) -> None:
+        """The applying thread finished a batch it took from ``batches``."""
+        with self._progress:
+            self._applied += 1
+            self._progress.notify_all()
 
     def batches(self) -> Iterator[drain.ExportedBatch]:
         while (item := self._queue.get()) is not None:
@@ -394,4 +447,6 @@ class _Exporter:
     def close(self) -> None:
         """Stop after the batch being exported (it stays pending) and wait for the thread."""
         self._halt.set()
+        with self._progress:
+            self._progress.notify_all()
         self._thread.join()

@@ -56,6 +56,8 @@ SMOKE = Scale(
     rss_rows=(500, 2_000), floor_rows=200,
 )  # fmt: skip
 Report = dict[str, Any]
+# context for the targets, printed beside them: what the server alone charges for the applier's guard
+FLOORS = {"apply_guard_floor": "guarded ÷ unguarded ReplaceOne on this server: apply_vs_raw's floor"}
 ROUNDS = 2  # the short figures take the best of alternating rounds, on both sides alike
 # each figure: how it compares with its target (issue 7)
 TARGETS = {
@@ -64,7 +66,6 @@ TARGETS = {
     "capture_overhead_bulk_update": ("<=", 1.5),
     "export_changes_per_s": (">=", 100_000),
     "apply_vs_raw": ("<=", 1.1),
-    "apply_guard_floor": ("<=", 1.1),
     "snapshot_vs_raw": ("<=", 1.1),
     "notify_latency_p50_ms": ("<=", 50),
     "notify_latency_p99_ms": ("<=", 250),

@@ -38,3 +38,6 @@ def bench(settings: Settings, as_json: bool, scale: str) -> None:
             continue
         met = value <= target if relation == "<=" else value >= target
         click.echo(f"{key:<32} {value:>12.3f}   target {relation} {target:g}   {'met' if met else 'NOT met'}")
+    for key, meaning in suite.FLOORS.items():
+        value = report.get(key)
+        click.echo(f"{key:<32} {'n/a' if value is None else f'{value:.3f}':>12}   ({meaning})")
