@@ -155,6 +155,7 @@ class Applier:
             if details.get("writeConcernErrors"):
                 raise
             again: list[tuple[str, Document]] = []
+            stale = 0
             for error in details.get("writeErrors", []):
                 _kind, document = changes[error["index"]]
                 on_id = error.get("keyPattern", {"_id": 1}) == {"_id": 1}
@@ -164,18 +165,20 @@ class Applier:
                         f"{_short(error.get('errmsg', error))} (code {error.get('code')})"
                     ) from None
                 if self._is_stale(target, document):
-                    stats.stale += 1
-                    stats.count(collection, "stale")
+                    stale += 1
                 else:  # an insert that met a document, or a newer document that moved under us
                     again.append(("upsert", document))
-            stats.upserted += details.get("nUpserted", 0) + details.get("nMatched", 0) + details.get("nInserted", 0)
-            stats.deleted += details.get("nRemoved", 0)
             if again:
                 if depth >= MAX_REWRITES:
                     raise MongoError(
                         f"{collection}: {len(again)} writes kept meeting newer documents; stopping"
                     ) from None
                 self._write(collection, again, stats, depth + 1)
+            # counted once the rewrites went through: a retry of this whole chunk counts it once
+            stats.stale += stale
+            stats.count(collection, "stale", stale)
+            stats.upserted += details.get("nUpserted", 0) + details.get("nMatched", 0) + details.get("nInserted", 0)
+            stats.deleted += details.get("nRemoved", 0)
             return
         stats.upserted += result.upserted_count + result.matched_count + result.inserted_count
         stats.deleted += result.deleted_count

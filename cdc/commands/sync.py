@@ -47,7 +47,8 @@ def _require_capture(conn: Any) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     envvar="CDC_METRICS_TEXTFILE",
     show_envvar=True,
-    help="With --once: write the metrics to this file when the run succeeds (node-exporter's textfile collector).",
+    help="With --once: write the metrics to this file when the run succeeds, not when it is stopped"
+    " (node-exporter's textfile collector).",
 )
 def run(
     settings: Settings,
@@ -85,7 +86,9 @@ def run(
             dsn, _applier(settings), settings.archive_dir, batch_size=batch_size, stop=stop, metrics=metrics
         )
         stats = worker.run(interval=interval, listen=listen, once=once)
-        if metrics is not None and metrics_textfile is not None:
+        if metrics is not None and metrics_textfile is not None and not stop.is_set():
+            # a run stopped early (SIGTERM, say while it waited for the lock) did not succeed:
+            # the previous file stays, and its last-success time keeps ageing
             metrics.write_textfile(metrics_textfile)
     finally:
         if metrics is not None:
