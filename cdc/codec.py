@@ -180,11 +180,12 @@ def numeric(value: decimal.Decimal | str) -> Json:
     """Decimal128 when exact (scale kept: 1.50 stays 1.50), else the decimal's text (documented).
 
     A scalar numeric is read as PostgreSQL's text (``select_expression``), which is ``str`` of the
-    Decimal psycopg would load, except below 1e-6 where ``str`` switches to an exponent: up to 34
-    characters there are at most 34 digits, so such text is used as is.
+    Decimal psycopg would load, except below 1e-6 where ``str`` switches to an exponent (any text
+    holding "0.000000" goes through the Decimal, exactly): up to 34 characters there are at most 34
+    digits, so other text is used as is.
     """
     if type(value) is str:
-        if len(value) <= DECIMAL128_DIGITS and not value.lstrip("-").startswith("0.000000"):
+        if len(value) <= DECIMAL128_DIGITS and "0.000000" not in value:  # as inlined by ``row_upsert``
             return {"$numberDecimal": value}
         value = decimal.Decimal(value)
     assert isinstance(value, decimal.Decimal)

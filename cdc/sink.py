@@ -223,8 +223,7 @@ class Applier:
         if path.stat().st_size <= INLINE_BYTES:  # a live batch's few lines: no thread to start
             for changes in _chunks(path, kind):
                 self._write(collection, changes, stats)
-                stats.count(collection, op, len(changes))
-                faults.point("mid_bulk_write")
+                _counted(collection, op, stats, len(changes))
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-bulk-write") as writer:
             in_flight: tuple[Future[None], int] | None = None
@@ -238,8 +237,7 @@ class Applier:
     @staticmethod
     def _written(collection: str, op: str, stats: ApplyStats, write: Future[None], size: int) -> None:
         write.result()  # re-raises the write's error here
-        stats.count(collection, op, size)
-        faults.point("mid_bulk_write")
+        _counted(collection, op, stats, size)
 
     def mark_applied(self, batch_id: int) -> None:
         @transient_retry
@@ -250,6 +248,12 @@ class Applier:
 
         with translated(f"recording batch {batch_id} as applied"):
             run()
+
+
+def _counted(collection: str, op: str, stats: ApplyStats, size: int) -> None:
+    """After a chunk's bulk write went through (a test may kill the process here)."""
+    stats.count(collection, op, size)
+    faults.point("mid_bulk_write")
 
 
 def _request(kind: str, document: Document) -> Any:

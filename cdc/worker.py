@@ -107,21 +107,14 @@ class Worker:
             raise LockLost()
 
     def check_lock(self) -> None:
+        """Raise ``LockLost`` unless the lock connection is up and still holds the lock."""
         conn = self._lock_conn
-        try:
-            row = (
-                conn.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-                    " AND classid = %s AND objid = %s AND granted",
-                    WORKER_LOCK,
-                ).fetchone()
-                if conn is not None
-                else None
-            )
-        except psycopg.Error:
-            row = None
-        if not row or not row[0]:
+        if conn is None:
             raise LockLost()
+        try:
+            self.assert_lock_holder(conn)
+        except psycopg.Error:
+            raise LockLost() from None
 
     def release(self) -> None:
         for conn in (self._conn, self._export_conn, self._lock_conn):
