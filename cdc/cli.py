@@ -139,7 +139,7 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import archive, bench, capture, demo, generate, schema, stack, sync  # noqa: PLC0415
+    from cdc.commands import archive, bench, capture, demo, export, generate, schema, stack, sync, verify  # noqa: PLC0415
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
@@ -147,8 +147,8 @@ def _register_commands() -> None:
     cli.add_command(generate.workload)
     cli.add_command(capture.install)
     cli.add_command(capture.uninstall)
-    cli.add_command(capture.export)
-    for command in (sync.run, sync.snapshot_command, sync.replay, sync.verify_command, sync.status_command):
+    cli.add_command(export.export)
+    for command in (sync.run, sync.snapshot_command, sync.replay, verify.verify_command, sync.status_command):
         cli.add_command(command)
     cli.add_command(archive.archive_group)
     cli.add_command(bench.bench)

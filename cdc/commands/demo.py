@@ -13,7 +13,7 @@ from pymongo.database import Database
 from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot
 from cdc.cli import metrics_options, settings_options
 from cdc.commands.schema import print_report
-from cdc.commands.sync import verify_tables
+from cdc.commands.verify import verify_tables
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
 from cdc.latency import LatencyProbe

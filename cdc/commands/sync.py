@@ -11,14 +11,13 @@ from typing import Any
 import click
 import orjson
 
-from cdc import archive, capture, dql_mongo, drain, ledger, mongo, pg, shutdown, snapshot, verify
+from cdc import archive, capture, drain, ledger, mongo, pg, shutdown, snapshot
 from cdc.cli import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError, UsageError
 from cdc.progress import track
 from cdc.prune import check_replay, describe_ids
 from cdc.sink import Applier
-from cdc.tables import TableInfo
 from cdc.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -187,83 +186,6 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
                 applied += 1
             progress.update(1)
     click.echo(f"replayed {applied} batches, skipped {skipped} already applied")
-
-
-@click.command(name="verify")
-@settings_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
-@click.option("--repair", is_flag=True, help="Re-sync exactly the differing keys, then verify again.")
-def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
-    """Compare PostgreSQL and MongoDB row by row under the type mapping; exit 1 on any difference.
-
-    Prints missing / extra / different counts per table with the first examples. --repair puts
-    the missing and different keys back into the outbox and applies them through the normal
-    archive + applier path; extra documents are deleted with a guard on their position.
-    """
-    dsn = settings.pg_dsn()
-    database = mongo.client(settings.mongo_uri())[settings.mongo_db]
-    with drain.drain_connection(dsn) as conn:
-        _require_capture(conn)
-        chosen = snapshot.captured(conn, None)
-        diffs = verify_tables(conn, database, chosen)
-        if repair and not all(diff.clean for diff in diffs):
-            _repair(settings, conn, database, chosen, diffs)
-            diffs = verify_tables(conn, database, chosen, step="verify again")
-        orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
-        queries = dql_mongo.compare(conn, database) if orininu_captured else []
-    summaries = [diff.summary() for diff in diffs]
-    dql = [{"query": q.name, "equal": q.equal} for q in queries]
-    if as_json:
-        clean = all(d.clean for d in diffs) and all(q.equal for q in queries)
-        click.echo(orjson.dumps({"clean": clean, "tables": summaries, "dql": dql}).decode())
-    else:
-        for item in summaries:
-            verdict = "ok" if not (item["missing"] or item["extra"] or item["different"]) else "DIFFERS"
-            click.echo(
-                f"{item['table']:<24} rows={item['rows']:<8} documents={item['documents']:<8} "
-                f"missing={item['missing']} extra={item['extra']} different={item['different']} {verdict}"
-            )
-            for kind, examples in item["examples"].items():
-                if examples:
-                    click.echo(f"    {kind}: " + ", ".join(examples))
-        for query in queries:
-            click.echo(f"dql {query.name:<20} {'same answer' if query.equal else 'DIFFERS'} on both sides")
-    if not all(diff.clean for diff in diffs):
-        bad = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
-        raise CheckFailed(f"verify found {bad} differences")
-    unequal = [q.name for q in queries if not q.equal]
-    if unequal:
-        raise CheckFailed("the validation queries answer differently on MongoDB: " + ", ".join(unequal))
-
-
-def verify_tables(conn: Any, database: Any, chosen: list[TableInfo], *, step: str = "verify") -> list[verify.TableDiff]:
-    """``verify.verify`` one table at a time, with progress in tables."""
-    diffs = []
-    with track(step, total=len(chosen), unit="tables", logger=log) as progress:
-        for table in chosen:
-            progress.note(table.display)
-            diffs += verify.verify(conn, database, [table])
-            progress.update(1)
-    return diffs
-
-
-def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:
-    for table, diff in zip(chosen, diffs, strict=True):
-        if diff.repair_keys:
-            conn.execute(
-                "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)", [table.relid, diff.repair_keys]
-            )
-        for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
-            # guarded by the position verify saw: a document the worker rewrote since then stays
-            database[table.collection].delete_one({"_id": key, "_cdc": seen})
-    conn.commit()
-    worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
-    if not worker.acquire(wait=True):
-        return
-    try:
-        worker.cycle(up_to=drain.outbox_head(worker.conn))
-    finally:
-        worker.release()
 
 
 @click.command(name="status")
