@@ -17,21 +17,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg, sqlfiles, tables
+from cdc import hierarchy, pg, sqlfiles, tables, triggers
 from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
+from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
+
+__all__ = ["NOTIFY_CHANNEL", "TRIGGERS", "CapturedTable", "install", "key_text", "key_type_name", "uninstall"]
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "cdc_outbox"
-TRIGGERS = {
-    # trigger name: (event, transition tables, trigger function prefix)
-    "cdc_capture_insert": ("INSERT", "REFERENCING NEW TABLE AS cdc_new", "ins"),
-    "cdc_capture_update": ("UPDATE", "REFERENCING OLD TABLE AS cdc_old NEW TABLE AS cdc_new", "upd"),
-    "cdc_capture_delete": ("DELETE", "REFERENCING OLD TABLE AS cdc_old", "del"),
-    "cdc_capture_truncate": ("TRUNCATE", "", "trunc"),
-}
-_INSTALL_LOCK_KEY = 0x0CDC_0001
+_INSTALL_LOCK_KEY = hierarchy.INSTALL_LOCK_KEY
 
 
 @dataclass(frozen=True)
@@ -48,82 +43,7 @@ class CapturedTable:
         return self.exists and self.triggers == len(TRIGGERS)
 
 
-def key_text(table: TableInfo, alias: str) -> sql.Composable:
-    """The text form of a row's key: ``k::text``, or ``ROW(k1, k2)::text`` for a composite key."""
-    columns = [sql.Identifier(alias, column) for column in table.key_columns]
-    if len(columns) == 1:
-        return sql.SQL("{}::text").format(columns[0])
-    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(columns))
-
-
-def key_type_name(relid: int) -> sql.Identifier:
-    """The composite type that parses a composite key's text back into typed columns."""
-    return sql.Identifier("cdc", f"key_{relid}")
-
-
-def _function_name(prefix: str, relid: int) -> sql.Identifier:
-    return sql.Identifier("cdc", f"capture_{prefix}_{relid}")
-
-
-def _function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Composable:
-    wake = sql.SQL("PERFORM pg_notify({}, 'wake');").format(sql.Literal(NOTIFY_CHANNEL)) if notify else sql.SQL("")
-    relid = sql.Literal(table.relid)
-    if prefix == "trunc":
-        return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(relid, wake)
-    key = key_text(table, "r")
-    new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
-    old_keys = sql.SQL("SELECT {} AS k FROM cdc_old AS r").format(key)
-    selects = {
-        "ins": new_keys,
-        "del": old_keys,
-        # the new keys, plus the old keys that no longer exist: a changed primary key becomes a delete
-        "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
-    }[prefix]
-    # HAVING skips statements that touched no row
-    return sql.SQL(
-        "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k) FROM ({}) AS changed"
-        " HAVING count(*) > 0; {}"
-    ).format(relid, selects, wake)
-
-
-_SESSION_DEPENDENT_TEXT = ("date", "time", "interval", "money")
-
-
-def _key_text_settings(table: TableInfo) -> sql.Composable:
-    """Pin the text form of date, time and interval keys to what the drain parses back.
-
-    Only for such tables: a function with settings costs a little on every call.
-    """
-    types = [table.key_type(column) for column in table.key_columns]
-    if not any(word in key_type for key_type in types for word in _SESSION_DEPENDENT_TEXT):
-        return sql.SQL("")
-    return sql.SQL("SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'iso_8601' SET TimeZone = 'UTC'")
-
-
-def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool = False) -> None:
-    if len(table.key_columns) > 1:
-        fields = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(table.key_type(column)))
-            for column in table.key_columns
-        )
-        conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(table.relid)))
-        conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(key_type_name(table.relid), fields))
-    for trigger, (event, referencing, prefix) in TRIGGERS.items():
-        function = _function_name(prefix, table.relid)
-        conn.execute(
-            sql.SQL(
-                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {} AS"
-                " $cdc$ BEGIN {} RETURN NULL; END $cdc$"
-            ).format(function, _key_text_settings(table), _function_body(table, prefix, notify))
-        )
-        conn.execute(
-            sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-                sql.Identifier(trigger), sql.SQL(event), table.qualified, sql.SQL(referencing), function
-            )
-        )
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table.qualified, sql.Identifier(trigger))
-        )
+def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool) -> None:
     conn.execute(
         """INSERT INTO cdc.captured (relid, schema_name, table_name, key_columns, notify, excluded_columns)
            VALUES (%(relid)s, %(schema)s, %(name)s, %(keys)s, %(notify)s, %(excluded)s)
@@ -143,27 +63,54 @@ def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool
     )
 
 
+def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool = False) -> None:
+    """Capture one table and every partition and child it has, recording under it."""
+    known = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [table.relid]).fetchone() is not None
+    triggers.create_root_functions(conn, table, notify)
+    _register(conn, table, notify, set_exclusions)
+    for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
+        log.info("%s", line, extra={"action": "install_part", "table": table.display})
+
+
+def _refuse_member(conn: psycopg.Connection[Any], relid: int, display: str) -> None:
+    """A partition or inheritance child is captured through its parent, never alone."""
+    parents = hierarchy.ancestors(conn, relid)
+    if parents:
+        top = parents[-1]
+        raise ConfigError(
+            f"cannot capture {display} alone: it is a partition or inheritance child of {parents[0]}"
+            + (f" (under {top})" if top != parents[0] else "")
+            + f"; capture {top} instead: its partitions and children are captured with it"
+        )
+
+
 def install(
     conn: psycopg.Connection[Any],
-    table_names: Sequence[str],
+    table_names: Sequence[str] | None,
     *,
     schema: str = "public",
     notify: bool = True,
     exclude: Sequence[str] | None = None,
+    grant: str | None = None,
 ) -> list[TableInfo]:
-    """Create the outbox and ledger, and capture ``table_names`` (in ``schema``); idempotent.
+    """Create the outbox and ledger, and capture ``table_names``; idempotent, all or nothing.
 
-    ``exclude`` names columns left out of capture (``table.column`` or ``schema.table.column``); when
-    given, it replaces the stored exclusions of every table installed here (an empty list clears
-    them); when None, the stored exclusions stay. Every table is checked before anything is
-    created, so a refused table leaves nothing half done.
+    Names are resolved by ``tables.find`` (``t``, ``schema.t``, ``schema.*``, quoted identifiers;
+    bare names in ``schema``); None captures every table with a primary key in ``schema`` except
+    partitions and children (captured with their parent). ``exclude`` names columns left out of
+    capture (``table.column`` or ``schema.table.column``); when given, it replaces the stored
+    exclusions of every table installed here (an empty list clears them); when None, the stored
+    exclusions stay. ``grant`` names the worker role to grant what it needs. Everything happens in
+    one transaction: a refused table or a failed grant leaves nothing done.
     """
     with pg.translated("installing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
+        relids = tables.find_all(conn, table_names, schema)
         complete = []
-        for name in table_names:
-            info = tables.describe(conn, tables.resolve(conn, schema, name), excluded=())
+        for relid in relids:
+            info = tables.describe(conn, relid, excluded=())
             assert info is not None
+            _refuse_member(conn, relid, info.display)
             complete.append(info)
         chosen = exclusions(complete, exclude, schema) if exclude is not None else None
         found = []
@@ -181,6 +128,8 @@ def install(
         for info in found:
             _install_table(conn, info, notify, set_exclusions=chosen is not None)
             log.info("capturing %s", info.display, extra={"action": "install_table", "table": info.display})
+        if grant:
+            grant_worker(conn, grant, found)
     return found
 
 
@@ -244,24 +193,48 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(info.schema), who))
 
 
-def uninstall(conn: psycopg.Connection[Any]) -> int:
-    """Drop every capture trigger, function and key type, the outbox and the ledger; returns tables released."""
+def uninstall(
+    conn: psycopg.Connection[Any], table_names: Sequence[str] | None = None, *, schema: str = "public"
+) -> int:
+    """Remove capture; returns the tables released.
+
+    With no ``table_names``: every capture trigger, function and key type, the outbox and the ledger
+    (schema ``cdc``). With names: only those captured tables (and their partitions and children)
+    stop being captured; their changes already in the outbox or ledger are still exported.
+    """
     with pg.translated("removing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
-        present = conn.execute("SELECT to_regclass('cdc.captured') IS NOT NULL").fetchone()
-        released = 0
-        if present and present[0]:
-            for (relid,) in conn.execute("SELECT relid::int FROM cdc.captured").fetchall():
-                info = tables.describe(conn, relid)
-                if info is None:
-                    continue
-                for trigger in TRIGGERS:
-                    conn.execute(
-                        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), info.qualified)
-                    )
-                released += 1
-        conn.execute("DROP SCHEMA IF EXISTS cdc CASCADE")
-    return released
+        if not is_installed(conn):
+            return 0
+        captured = [int(row[0]) for row in conn.execute("SELECT relid::int FROM cdc.captured").fetchall()]
+        if table_names is None:
+            chosen = captured
+        else:
+            chosen = tables.find_all(conn, table_names, schema)
+            missing = [relid for relid in chosen if relid not in captured]
+            if missing:
+                info = tables.describe(conn, missing[0], excluded=())
+                raise ConfigError(f"table {info.display if info else missing[0]} is not captured")
+        for relid in chosen:
+            _release_table(conn, relid)
+        if table_names is None:
+            conn.execute("DROP SCHEMA IF EXISTS cdc CASCADE")
+    return len(chosen)
+
+
+def _release_table(conn: psycopg.Connection[Any], relid: int) -> None:
+    """Drop the capture triggers of one captured table and of its recorded partitions and children."""
+    info = tables.describe(conn, relid, excluded=())
+    triggers.detach(conn, relid, info.qualified if info is not None else None)
+    if hierarchy.has_parts_table(conn):
+        for (part,) in conn.execute(
+            "SELECT relid::int FROM cdc.captured_parts WHERE root_relid = %s", [relid]
+        ).fetchall():
+            member = tables.describe(conn, int(part), excluded=())
+            triggers.detach(conn, int(part), member.qualified if member is not None else None)
+        conn.execute("DELETE FROM cdc.captured_parts WHERE root_relid = %s", [relid])
+    triggers.drop_root_functions(conn, relid)
+    conn.execute("DELETE FROM cdc.captured WHERE relid = %s", [relid])
 
 
 def captured_tables(conn: psycopg.Connection[Any]) -> list[CapturedTable]:
@@ -270,11 +243,12 @@ def captured_tables(conn: psycopg.Connection[Any]) -> list[CapturedTable]:
         rows = conn.execute(
             """SELECT cp.relid::int, cp.schema_name, cp.table_name, c.oid IS NOT NULL,
                       (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = cp.relid AND t.tgenabled = 'A'
-                         AND t.tgname LIKE 'cdc\\_capture\\_%%')::int,
+                         AND t.tgname LIKE %s)::int,
                       (SELECT c2.oid::int FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
                         WHERE n2.nspname = cp.schema_name AND c2.relname = cp.table_name AND c2.oid <> cp.relid)
                FROM cdc.captured cp LEFT JOIN pg_class c ON c.oid = cp.relid
-               ORDER BY cp.schema_name, cp.table_name"""
+               ORDER BY cp.schema_name, cp.table_name""",
+            [triggers.TRIGGER_NAME_PATTERN],
         ).fetchall()
     return [CapturedTable(*row) for row in rows]
 

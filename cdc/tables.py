@@ -3,6 +3,7 @@ so added, dropped or renamed columns are picked up at the next batch)."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,7 +49,7 @@ class TableInfo:
 
 
 def resolve(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
-    """The oid of ``schema.name``, or ``ConfigError``."""
+    """The oid of ``schema.name``, or ``ConfigError`` naming the closest existing table."""
     with pg.translated(f"looking up {schema}.{name}"):
         row = conn.execute(
             "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -56,8 +57,100 @@ def resolve(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
             [schema, name],
         ).fetchone()
     if row is None:
-        raise ConfigError(f"table {schema}.{name} does not exist")
+        raise ConfigError(f"table {schema}.{name} does not exist" + _suggestion(conn, schema, name))
     return int(row[0])
+
+
+def _all_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    return [
+        (str(row[0]), str(row[1]))
+        for row in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'cdc')"
+            " AND n.nspname NOT LIKE 'pg\\_toast%%' ORDER BY 1, 2"
+        ).fetchall()
+    ]
+
+
+def _suggestion(conn: psycopg.Connection[Any], schema: str, name: str) -> str:
+    """``; did you mean …?`` for the closest existing table (case differences first), or ''."""
+    existing = _all_tables(conn)
+    wanted = f"{schema}.{name}"
+    folded = [f"{s}.{n}" for s, n in existing if f"{s}.{n}".casefold() == wanted.casefold()]
+    folded += [f"{s}.{n}" for s, n in existing if s == schema and n.casefold() == name.casefold()]
+    close = folded or difflib.get_close_matches(wanted, [f"{s}.{n}" for s, n in existing], n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(name, [n for _s, n in existing], n=1, cutoff=0.6)
+        close = [f"{s}.{n}" for s, n in existing if n in close][:1]
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def split_name(spec: str) -> tuple[str | None, str]:
+    """``t``, ``s.t``, ``"s"."t.x"``, ``s.*``: (schema or None, table); quotes keep dots and case."""
+    parts: list[str] = []
+    current, quoted, index = "", False, 0
+    while index < len(spec):
+        char = spec[index]
+        if char == '"':
+            if quoted and spec[index + 1 : index + 2] == '"':
+                current += '"'
+                index += 1
+            else:
+                quoted = not quoted
+        elif char == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+        index += 1
+    parts.append(current)
+    if quoted or len(parts) > 2 or not all(parts):
+        raise ConfigError(f"table name {spec!r}: expected TABLE, SCHEMA.TABLE or SCHEMA.* (quote names with dots)")
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def keyed_tables(conn: psycopg.Connection[Any], schema: str) -> list[int]:
+    """Tables of ``schema`` with a primary key, leaving out partitions and inheritance children."""
+    with pg.translated(f"listing the tables of schema {schema}"):
+        rows = conn.execute(
+            """SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
+                 AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                 AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid)
+               ORDER BY c.relname""",
+            [schema],
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def find_all(conn: psycopg.Connection[Any], specs: Sequence[str] | None, schema: str) -> list[int]:
+    """The oids that ``specs`` name, in order, without repeats (see ``split_name``); None means every
+    table of ``schema`` with a primary key (``keyed_tables``). A name that exists verbatim in
+    ``schema`` wins over reading its dot as a separator."""
+    if specs is None:
+        found = keyed_tables(conn, schema)
+        if not found:
+            raise ConfigError(f"schema {schema} has no table with a primary key: name the tables with --tables")
+        return found
+    chosen: list[int] = []
+    for spec in specs:
+        exact = conn.execute(
+            "SELECT c.oid::int FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            [schema, spec],
+        ).fetchone()
+        if exact is not None:
+            relids = [int(exact[0])]
+        else:
+            table_schema, name = split_name(spec)
+            if name == "*" and table_schema is not None:
+                relids = keyed_tables(conn, table_schema)
+                if not relids:
+                    raise ConfigError(f"{spec}: schema {table_schema} has no table with a primary key")
+            else:
+                relids = [resolve(conn, table_schema or schema, name)]
+        chosen += [relid for relid in relids if relid not in chosen]
+    return chosen
 
 
 def describe(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str] | None = None) -> TableInfo | None:

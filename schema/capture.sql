@@ -57,25 +57,54 @@ CREATE TABLE IF NOT EXISTS cdc.captured (
 -- Columns left out of capture (personal data): never read by export, snapshot or verify. Added
 -- after the first release, so an existing install gains it when `cdc install` runs again.
 ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS excluded_columns text[] NOT NULL DEFAULT '{}';
+-- Whether the table is partitioned or has inheritance children: its TRUNCATE then records the keys of
+-- the rows it empties instead of a marker (see cdc/triggers.py).
+ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS in_hierarchy boolean NOT NULL DEFAULT false;
+
+-- Partitions and inheritance children (any depth) of captured tables: they carry capture triggers
+-- that record under their root (cdc/hierarchy.py). dropped_at: dropped after install, so documents
+-- of its rows may remain in MongoDB until `cdc verify --repair --tables ROOT` comes back clean.
+CREATE TABLE IF NOT EXISTS cdc.captured_parts (
+    relid       oid         PRIMARY KEY,
+    root_relid  oid         NOT NULL,
+    schema_name text        NOT NULL,
+    table_name  text        NOT NULL,
+    dropped_at  timestamptz
+);
 
 -- name: table_columns
 -- kind: report
--- Columns of one table in attnum order, with what the codec needs to map them.
+-- Columns of one table in attnum order, with what the codec needs to map them. A column's type is
+-- followed through domains of any depth and through one array level (a domain over a domain over
+-- int[], an array of a domain over a domain over numeric): ``base_type`` and ``category`` are the
+-- final element type's, ``is_array`` says whether an array was passed on the way.
+WITH RECURSIVE chain (attnum, type_oid, through_array, step) AS (
+    SELECT a.attnum, a.atttypid, false, 0
+    FROM pg_attribute a
+    WHERE a.attrelid = %(relid)s AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+    SELECT c.attnum,
+           CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
+           c.through_array OR t.typtype <> 'd',
+           c.step + 1
+    FROM chain c JOIN pg_type t ON t.oid = c.type_oid
+    WHERE c.step < 64
+      AND (t.typtype = 'd' OR (NOT c.through_array AND t.typcategory = 'A' AND t.typelem <> 0))
+),
+resolved AS (
+    SELECT DISTINCT ON (attnum) attnum, type_oid, through_array
+    FROM chain ORDER BY attnum, step DESC
+)
 SELECT a.attname::text AS name,
-       format_type(coalesce(nullif(et.typbasetype, 0), et.oid), NULL) AS base_type,
-       rt.typcategory = 'A' AND rt.typelem <> 0 AS is_array,
-       coalesce(eb.typcategory, et.typcategory)::text AS category,
+       format_type(r.type_oid, NULL) AS base_type,
+       r.through_array AS is_array,
+       et.typcategory::text AS category,
        format_type(a.atttypid, a.atttypmod) AS full_type,
        a.attnum
 FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
--- a domain: its base type (arrays included: a domain over int[] is an int array)
-JOIN pg_type rt ON rt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
--- an array: its element type
-JOIN pg_type et ON et.oid = CASE WHEN rt.typcategory = 'A' AND rt.typelem <> 0 THEN rt.typelem ELSE rt.oid END
--- an element that is itself a domain: the category of its base type
-LEFT JOIN pg_type eb ON eb.oid = et.typbasetype AND et.typtype = 'd'
-WHERE a.attrelid = %(relid)s AND a.attnum > 0 AND NOT a.attisdropped
+JOIN resolved r ON r.attnum = a.attnum
+JOIN pg_type et ON et.oid = r.type_oid
+WHERE a.attrelid = %(relid)s
 ORDER BY a.attnum;
 
 -- name: table_key

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import click
 
-from cdc import capture, orininu, pg
+from cdc import capture, pg, tables
 from cdc.cli import settings_options
 from cdc.config import Settings
-from cdc.errors import ConfigError
+from cdc.errors import CheckFailed, UsageError
 
 
-def _table_list(text: str | None) -> list[str]:
-    if not text:
-        return list(orininu.TABLES)
+def _table_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
     names = [name.strip() for name in text.split(",")]
     if not all(names):
-        raise ConfigError(f"--tables has an empty name: {text!r}")
+        raise UsageError(f"--tables has an empty name: {text!r}")
     return names
 
 
 @click.command()
 @settings_options
-@click.option("--tables", "table_list", metavar="A,B", help="Tables to capture [default: all Orininu tables].")
-@click.option("--schema", default="public", show_default=True, help="Schema of those tables.")
+@click.option(
+    "--tables",
+    "table_list",
+    metavar="A,B",
+    help="Tables to capture: NAME, SCHEMA.NAME or SCHEMA.* (double-quote a name holding a dot or a comma-free"
+    " odd name) [default: every table with a primary key in --schema].",
+)
+@click.option("--schema", default="public", show_default=True, help="Schema of bare table names.")
 @click.option(
     "--notify/--no-notify",
     default=True,
@@ -53,10 +59,15 @@ def install(
 ) -> None:
     """Install the outbox, the ledger and the capture triggers; idempotent.
 
-    Any table with a primary key works, in any schema, with any quoted name. Refused, with nothing
-    changed: a table without a primary key, or with a column named _cdc, a column '_id' that is not
-    its only key column, or a column starting with '$'. Re-running after adding a table adds its
-    triggers. Run it as the tables' owner; the worker itself needs no DDL rights.
+    Any table with a primary key works, in any schema, with any quoted name. Without --tables it
+    captures every table with a primary key in --schema, and says which before it does. Refused,
+    with nothing changed (one transaction, --grant included): an unknown table (the closest name is
+    suggested), a table without a primary key, or with a column named _cdc, a column '_id' that is
+    not its only key column, or a column starting with '$', and a partition or inheritance child
+    named alone (capture its parent: partitions and children at any depth are captured with it,
+    into the parent's collection). Re-running after adding a table adds its triggers; re-running
+    after partitions were created, attached, detached or dropped brings their capture in step.
+    Run it as the tables' owner; the worker itself needs no DDL rights.
 
     Excluded columns are stored in the ledger (cdc.captured), so export, snapshot and verify all
     leave them out; every batch manifest lists them. A primary-key column cannot be excluded. To
@@ -64,10 +75,15 @@ def install(
     excluded field until rewritten: run `cdc snapshot` (or `cdc verify --repair`) afterwards.
     """
     exclude = None if exclude_list is None else [name.strip() for name in exclude_list.split(",") if name.strip()]
+    names = _table_list(table_list)
     with pg.connect(settings.pg_dsn()) as conn:
-        installed = capture.install(conn, _table_list(table_list), schema=schema, notify=notify, exclude=exclude)
-        if grant_role:
-            capture.grant_worker(conn, grant_role, installed)
+        if names is None:
+            found = [tables.describe(conn, relid, excluded=()) for relid in tables.find_all(conn, None, schema)]
+            click.echo(
+                f"no --tables given: capturing every table with a primary key in schema {schema}: "
+                + ", ".join(info.display for info in found if info is not None)
+            )
+        installed = capture.install(conn, names, schema=schema, notify=notify, exclude=exclude, grant=grant_role)
     click.echo("capturing: " + ", ".join(table.display for table in installed))
     for table in installed:
         if table.excluded:
@@ -78,9 +94,26 @@ def install(
 
 @click.command()
 @settings_options
-@click.confirmation_option(prompt="Drop the capture triggers, the outbox and the ledger?")
-def uninstall(settings: Settings) -> None:
-    """Remove every capture trigger, the outbox and the ledger (schema "cdc"). Pending changes are lost."""
+@click.option(
+    "--tables",
+    "table_list",
+    metavar="A,B",
+    help="Stop capturing only these tables (and their partitions and children); the outbox and ledger stay.",
+)
+@click.option("--schema", default="public", show_default=True, help="Schema of bare table names.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall(settings: Settings, table_list: str | None, schema: str, yes: bool) -> None:
+    """Remove capture. With no --tables: every capture trigger, the outbox and the ledger (schema "cdc"),
+    and pending changes are lost. With --tables: only those tables stop being captured; their
+    changes already claimed or waiting are still exported."""
+    names = _table_list(table_list)
+    question = (
+        "Drop the capture triggers, the outbox and the ledger?"
+        if names is None
+        else f"Stop capturing {', '.join(names)}?"
+    )
+    if not yes and not click.confirm(question):
+        raise CheckFailed("uninstall: nothing removed")
     with pg.connect(settings.pg_dsn()) as conn:
-        released = capture.uninstall(conn)
+        released = capture.uninstall(conn, names, schema=schema)
     click.echo(f"capture removed from {released} tables")

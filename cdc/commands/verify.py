@@ -8,7 +8,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import capture, dql_mongo, drain, mongo, snapshot, verify
+from cdc import capture, dql_mongo, drain, hierarchy, mongo, snapshot, verify
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
@@ -33,7 +33,8 @@ def _require_capture(conn: Any) -> None:
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
 @click.option("--repair", is_flag=True, help="Re-sync exactly the differing keys, then verify again.")
-def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
+@click.option("--tables", "table_list", metavar="A,B", help="Only these captured tables [default: all].")
+def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: str | None) -> None:
     """Compare PostgreSQL and MongoDB row by row under the type mapping; exit 1 on any difference.
 
     Prints missing / extra / different counts per table with the first examples. --repair puts
@@ -44,11 +45,16 @@ def verify_command(settings: Settings, as_json: bool, repair: bool) -> None:
     database = mongo.client(settings.mongo_uri())[settings.mongo_db]
     with drain.drain_connection(dsn) as conn:
         _require_capture(conn)
-        chosen = snapshot.captured(conn, None)
+        names = [name.strip() for name in table_list.split(",")] if table_list else None
+        chosen = snapshot.captured(conn, names)
         diffs = verify_tables(conn, database, chosen)
         if repair and not all(diff.clean for diff in diffs):
             _repair(settings, conn, database, chosen, diffs)
             diffs = verify_tables(conn, database, chosen, step="verify again")
+        for table, diff in zip(chosen, diffs, strict=True):
+            if diff.clean:  # what was left of dropped partitions or children is gone
+                hierarchy.clear_dropped(conn, table.relid)
+        conn.commit()
         orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
         queries = dql_mongo.compare(conn, database) if orininu_captured else []
     summaries = [diff.summary() for diff in diffs]

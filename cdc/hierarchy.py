@@ -1,0 +1,332 @@
+"""Partitions and inheritance children of captured tables: captured with their root, kept in step.
+
+PostgreSQL fires a statement trigger only on the table a statement names, so the capture triggers of
+a captured partitioned table or inheritance parent (the root) also sit on every partition and child,
+at any depth, recording under the root (``triggers.attach``). ``cdc.captured_parts`` lists them.
+
+The partition set can change after install with no DML trigger firing: ``CREATE TABLE … PARTITION
+OF``, ``ATTACH PARTITION`` (rows arrive without an INSERT), ``DETACH PARTITION`` (rows leave without
+a DELETE), ``NO INHERIT``, ``DROP TABLE``. ``drift`` finds the difference between the catalog and
+``cdc.captured_parts`` with one catalog query; ``reconcile`` closes it:
+
+- a new member gets its triggers, and the keys of its own rows are recorded as changes (so attached
+  rows reach MongoDB, and rows changed through it before its triggers existed are read again);
+- a member that left records the keys of its own rows as changes (the drain finds them gone from
+  the root and deletes their documents), then loses its triggers;
+- a member dropped outright cannot be read any more: it is marked, and ``problems`` reports it with
+  the command that removes what is left of it in MongoDB (``cdc verify --repair --tables ROOT``)
+  until that verify comes back clean.
+
+``cdc install`` reconciles; so does the worker before each cycle, when its role may create triggers
+(otherwise it logs, and ``cdc status`` reports, what to run). No event trigger is used: they need a
+superuser. One window stays open: a row changed *through a newly attached partition by name* and
+then deleted the same way, before the next reconcile, is not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc import pg, tables, triggers
+from cdc.errors import PostgresError, PostgresUnavailable
+from cdc.tables import TableInfo
+
+log = logging.getLogger(__name__)
+
+# Every partition and inheritance child of a relation, at any depth.
+_DESCENDANTS = """
+WITH RECURSIVE tree (relid) AS (
+    SELECT inhrelid FROM pg_inherits WHERE inhparent = %(root)s
+  UNION
+    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+)
+SELECT t.relid::int, n.nspname::text, c.relname::text
+FROM tree t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY t.relid
+"""
+
+# Members of a captured hierarchy out of step with cdc.captured_parts: (root, member, what happened).
+_DRIFT = """
+WITH RECURSIVE tree (root, relid) AS (
+    SELECT cp.relid, i.inhrelid FROM cdc.captured cp JOIN pg_inherits i ON i.inhparent = cp.relid
+  UNION
+    SELECT t.root, i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+)
+SELECT t.root::int, t.relid::int, 'uncaptured'
+FROM tree t
+WHERE NOT EXISTS (SELECT 1 FROM cdc.captured_parts p WHERE p.relid = t.relid AND p.root_relid = t.root)
+   OR (SELECT count(*) FROM pg_trigger g WHERE g.tgrelid = t.relid AND g.tgenabled = 'A'
+         AND g.tgname LIKE %(pattern)s) < %(expected)s
+UNION ALL
+SELECT p.root_relid::int, p.relid::int, CASE WHEN c.oid IS NULL THEN 'dropped' ELSE 'left' END
+FROM cdc.captured_parts p LEFT JOIN pg_class c ON c.oid = p.relid
+WHERE p.dropped_at IS NULL AND NOT EXISTS (SELECT 1 FROM tree t WHERE t.root = p.root_relid AND t.relid = p.relid)
+UNION ALL
+SELECT cp.relid::int, cp.relid::int, 'truncate mode'
+FROM cdc.captured cp JOIN pg_class c ON c.oid = cp.relid
+WHERE cp.in_hierarchy <> (c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = cp.relid))
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class Drift:
+    root: int
+    member: int
+    what: str  # 'uncaptured', 'left', 'dropped', 'truncate mode'
+
+
+@dataclass(frozen=True)
+class Member:
+    relid: int
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def descendants(conn: psycopg.Connection[Any], relid: int) -> list[Member]:
+    """Every partition and inheritance child of ``relid``, at any depth."""
+    with pg.translated("reading partitions and inheritance children"):
+        rows = conn.execute(_DESCENDANTS, {"root": relid}).fetchall()
+    return [Member(int(row[0]), row[1], row[2]) for row in rows]
+
+
+def ancestors(conn: psycopg.Connection[Any], relid: int) -> list[str]:
+    """The parents of ``relid`` up to the topmost, nearest first, as ``schema.table``."""
+    with pg.translated("reading inheritance parents"):
+        rows = conn.execute(
+            """WITH RECURSIVE up (relid, depth) AS (
+                   SELECT inhparent, 1 FROM pg_inherits WHERE inhrelid = %(relid)s
+                 UNION
+                   SELECT i.inhparent, u.depth + 1 FROM pg_inherits i JOIN up u ON i.inhrelid = u.relid
+               )
+               SELECT format('%%s.%%s', n.nspname, c.relname) FROM up u
+               JOIN pg_class c ON c.oid = u.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+               ORDER BY u.depth, u.relid""",
+            {"relid": relid},
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def in_hierarchy(conn: psycopg.Connection[Any], relid: int) -> bool:
+    """Whether ``relid`` is partitioned or has inheritance children (its TRUNCATE records keys)."""
+    row = conn.execute(
+        "SELECT c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = c.oid)"
+        " FROM pg_class c WHERE c.oid = %s",
+        [relid],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def has_parts_table(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('cdc.captured_parts') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def drift(conn: psycopg.Connection[Any]) -> list[Drift]:
+    """What differs between the catalog and the recorded hierarchies (empty when in step). A reader:
+    it never commits."""
+    if not has_parts_table(conn):
+        return []
+    with pg.translated("checking the partitions of captured tables"):
+        rows = conn.execute(
+            _DRIFT, {"pattern": triggers.TRIGGER_NAME_PATTERN, "expected": len(triggers.TRIGGERS)}
+        ).fetchall()
+    return [Drift(int(root), int(member), str(what)) for root, member, what in rows]
+
+
+def _record_own_keys(conn: psycopg.Connection[Any], root: TableInfo, member: sql.Identifier) -> None:
+    """Record the keys of the member's own rows as changes of the root (read again at drain time)."""
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k)"
+            " FROM (SELECT {} AS k FROM ONLY {} AS r) AS rows HAVING count(*) > 0"
+        ).format(sql.Literal(root.relid), triggers.key_text(root, "r"), member)
+    )
+
+
+def sync(conn: psycopg.Connection[Any], root: TableInfo, *, notify: bool, record_new: bool) -> list[str]:
+    """Bring one root's hierarchy in step, in the caller's transaction; returns what was done, a line each.
+
+    ``record_new``: record the rows of members that were not captured before as changes (not on a
+    first install, whose snapshot reads them anyway).
+    """
+    done: list[str] = []
+    hierarchy = in_hierarchy(conn, root.relid)
+    triggers.attach(conn, root, root.relid, root.qualified, notify=notify, in_hierarchy=hierarchy)
+    conn.execute("UPDATE cdc.captured SET in_hierarchy = %s WHERE relid = %s", [hierarchy, root.relid])
+    members = descendants(conn, root.relid)
+    recorded = {
+        int(row[0])
+        for row in conn.execute(
+            "SELECT relid::int FROM cdc.captured_parts WHERE root_relid = %s AND dropped_at IS NULL", [root.relid]
+        ).fetchall()
+    }
+    for member in members:
+        _forget_own_capture(conn, member, root)
+        triggers.attach(conn, root, member.relid, member.qualified, notify=notify, in_hierarchy=True)
+        conn.execute(
+            """INSERT INTO cdc.captured_parts (relid, root_relid, schema_name, table_name)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (relid) DO UPDATE SET root_relid = excluded.root_relid,
+                   schema_name = excluded.schema_name, table_name = excluded.table_name, dropped_at = NULL""",
+            [member.relid, root.relid, member.schema, member.name],
+        )
+        if member.relid not in recorded:
+            if record_new:
+                _record_own_keys(conn, root, member.qualified)
+            done.append(f"capturing {member.display} as part of {root.display}")
+    current = {member.relid for member in members}
+    for relid in sorted(recorded - current):
+        done.append(_release(conn, root, relid))
+    return done
+
+
+def _forget_own_capture(conn: psycopg.Connection[Any], member: Member, root: TableInfo) -> None:
+    """A table captured on its own and later attached to a captured root: its own capture ends."""
+    row = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [member.relid]).fetchone()
+    if row is None:
+        return
+    conn.execute("DELETE FROM cdc.captured WHERE relid = %s", [member.relid])
+    triggers.drop_root_functions(conn, member.relid)
+    log.warning(
+        "%s is now part of captured table %s: its changes go to %s's collection, and its own collection is no"
+        " longer kept",
+        member.display,
+        root.display,
+        root.collection,
+        extra={"action": "hierarchy", "table": member.display},
+    )
+
+
+def _release(conn: psycopg.Connection[Any], root: TableInfo, relid: int) -> str:
+    """A recorded member that left the hierarchy (detached, no longer inheriting) or was dropped."""
+    row = conn.execute(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.oid = %s",
+        [relid],
+    ).fetchone()
+    if row is None:
+        conn.execute("UPDATE cdc.captured_parts SET dropped_at = now() WHERE relid = %s", [relid])
+        triggers.detach(conn, relid, None)
+        return (
+            f"a partition or child of {root.display} (oid {relid}) was dropped: documents of its rows may remain;"
+            f" run `cdc verify --repair --tables {root.schema}.{root.name}`"
+        )
+    member = Member(relid, row[0], row[1])
+    _record_own_keys(conn, root, member.qualified)
+    triggers.detach(conn, relid, member.qualified)
+    conn.execute("DELETE FROM cdc.captured_parts WHERE relid = %s", [relid])
+    return f"{member.display} left {root.display}: its rows' documents are deleted by the next batch"
+
+
+def reconcile(conn: psycopg.Connection[Any], found: Sequence[Drift]) -> list[str]:
+    """Bring every root named in ``found`` in step, in one transaction; returns what was done."""
+    done: list[str] = []
+    with pg.translated("capturing changed partitions"), conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
+        for root_relid in sorted({item.root for item in found}):
+            root = tables.describe(conn, root_relid)
+            settings = conn.execute("SELECT notify FROM cdc.captured WHERE relid = %s", [root_relid]).fetchone()
+            if root is None or settings is None:
+                continue
+            done += sync(conn, root, notify=bool(settings[0]), record_new=True)
+    return done
+
+
+def clear_dropped(conn: psycopg.Connection[Any], root_relid: int) -> None:
+    """After a clean verify of the root: what was left of its dropped members is gone."""
+    if has_parts_table(conn):
+        conn.execute("DELETE FROM cdc.captured_parts WHERE root_relid = %s AND dropped_at IS NOT NULL", [root_relid])
+
+
+def problems(conn: psycopg.Connection[Any]) -> list[str]:
+    """One line per hierarchy problem, with what to run: members without capture (or that left, or
+    whose root's truncate mode is out of date) and dropped members whose documents may remain."""
+    lines = []
+    for item in drift(conn):
+        root = _name(conn, item.root)
+        if item.what == "dropped":
+            continue  # reported below once reconciled
+        member = _name(conn, item.member)
+        what = {
+            "uncaptured": f"{member} is a partition or child of captured table {root} without capture",
+            "left": f"{member} left captured table {root} (detached or no longer inheriting)",
+            "truncate mode": f"captured table {root} gained or lost partitions or children",
+        }.get(item.what, f"{member}: {item.what}")
+        lines.append(f"{what}: run `cdc install --tables {root}`")
+    if has_parts_table(conn):
+        for root_relid, relid, schema, name in conn.execute(
+            "SELECT root_relid::int, relid::int, schema_name, table_name FROM cdc.captured_parts"
+            " WHERE dropped_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = relid)"
+            " ORDER BY 1, 2"
+        ).fetchall():
+            root = _name(conn, int(root_relid))
+            lines.append(
+                f"{schema}.{name} (oid {relid}), a partition or child of {root}, was dropped: documents of its rows"
+                f" may remain in MongoDB: run `cdc verify --repair --tables {root}`"
+            )
+    return lines
+
+
+def _name(conn: psycopg.Connection[Any], relid: int) -> str:
+    row = conn.execute(
+        "SELECT format('%%s.%%s', n.nspname, c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+        [relid],
+    ).fetchone()
+    return str(row[0]) if row else f"<dropped table oid {relid}>"
+
+
+INSTALL_LOCK_KEY = 0x0CDC_0001
+
+
+class Watch:
+    """The worker's check, before each cycle, that captured hierarchies are in step; it reconciles
+    them when its role may, and otherwise logs what to run (once per distinct state)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._reported: tuple[Drift, ...] = ()
+
+    def check(self) -> list[str]:
+        """Reconcile any drift; returns what was done (empty when in step or not allowed)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = pg.connect(self.dsn, autocommit=True)
+        found = drift(self._conn)
+        if not found:
+            self._reported = ()
+            return []
+        try:
+            done = reconcile(self._conn, found)
+        except PostgresUnavailable:
+            raise
+        except PostgresError as exc:
+            if tuple(found) != self._reported:
+                self._reported = tuple(found)
+                for line in problems(self._conn):
+                    log.warning("%s (the worker cannot do it itself: %s)", line, exc, extra={"action": "hierarchy"})
+            return []
+        self._reported = ()
+        for line in done:
+            log.warning("%s", line, extra={"action": "hierarchy"})
+        return done
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None

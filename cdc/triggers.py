@@ -1,0 +1,158 @@
+"""The capture triggers and their functions: the DDL that ``capture`` and ``hierarchy`` install.
+
+A captured table (the root) records its changes under its own oid. Its partitions and inheritance
+children, at any depth, record under the root's oid too, with the same insert, update and delete
+functions: a statement fires the statement triggers of the table it names only, so every member of
+a hierarchy needs its own triggers.
+
+TRUNCATE: a table with no partitions and no children records a truncate marker (op ``t``), which
+empties the collection up to the marker's position. A member of a hierarchy instead records, in a
+``BEFORE TRUNCATE`` trigger, the keys of its own rows (``FROM ONLY``) as changes: the drain reads
+them back from the root, finds no row and deletes exactly those documents. TRUNCATE of a parent
+fires the truncate triggers of every partition and child it empties, so nothing else is removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.tables import TableInfo
+
+NOTIFY_CHANNEL = "cdc_outbox"
+TRIGGERS = {
+    # trigger name: (event, transition tables, trigger function prefix)
+    "cdc_capture_insert": ("INSERT", "REFERENCING NEW TABLE AS cdc_new", "ins"),
+    "cdc_capture_update": ("UPDATE", "REFERENCING OLD TABLE AS cdc_old NEW TABLE AS cdc_new", "upd"),
+    "cdc_capture_delete": ("DELETE", "REFERENCING OLD TABLE AS cdc_old", "del"),
+    "cdc_capture_truncate": ("TRUNCATE", "", "trunc"),
+}
+TRIGGER_NAME_PATTERN = "cdc\\_capture\\_%"  # for LIKE: every capture trigger
+_SESSION_DEPENDENT_TEXT = ("date", "time", "interval", "money")
+
+
+def key_text(table: TableInfo, alias: str) -> sql.Composable:
+    """The text form of a row's key: ``k::text``, or ``ROW(k1, k2)::text`` for a composite key."""
+    columns = [sql.Identifier(alias, column) for column in table.key_columns]
+    if len(columns) == 1:
+        return sql.SQL("{}::text").format(columns[0])
+    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(columns))
+
+
+def key_type_name(relid: int) -> sql.Identifier:
+    """The composite type that parses a composite key's text back into typed columns."""
+    return sql.Identifier("cdc", f"key_{relid}")
+
+
+def function_name(prefix: str, relid: int) -> sql.Identifier:
+    return sql.Identifier("cdc", f"capture_{prefix}_{relid}")
+
+
+def _wake(notify: bool) -> sql.Composable:
+    return sql.SQL("PERFORM pg_notify({}, 'wake');").format(sql.Literal(NOTIFY_CHANNEL)) if notify else sql.SQL("")
+
+
+def _row_function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Composable:
+    key = key_text(table, "r")
+    new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
+    old_keys = sql.SQL("SELECT {} AS k FROM cdc_old AS r").format(key)
+    selects = {
+        "ins": new_keys,
+        "del": old_keys,
+        # the new keys, plus the old keys that no longer exist: a changed primary key becomes a delete
+        "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
+    }[prefix]
+    # HAVING skips statements that touched no row
+    return sql.SQL(
+        "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k) FROM ({}) AS changed"
+        " HAVING count(*) > 0; {}"
+    ).format(sql.Literal(table.relid), selects, _wake(notify))
+
+
+def _truncate_body(root: TableInfo, target: sql.Identifier | None, notify: bool) -> sql.Composable:
+    """A marker for a lone table (``target`` None); the keys of the target's own rows in a hierarchy."""
+    if target is None:
+        return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(
+            sql.Literal(root.relid), _wake(notify)
+        )
+    return sql.SQL(
+        "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k)"
+        " FROM (SELECT {} AS k FROM ONLY {} AS r) AS emptied HAVING count(*) > 0; {}"
+    ).format(sql.Literal(root.relid), key_text(root, "r"), target, _wake(notify))
+
+
+def _key_text_settings(table: TableInfo) -> sql.Composable:
+    """Pin the text form of date, time and interval keys to what the drain parses back.
+
+    Only for such tables: a function with settings costs a little on every call.
+    """
+    types = [table.key_type(column) for column in table.key_columns]
+    if not any(word in key_type for key_type in types for word in _SESSION_DEPENDENT_TEXT):
+        return sql.SQL("")
+    return sql.SQL("SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'iso_8601' SET TimeZone = 'UTC'")
+
+
+def _create_function(
+    conn: psycopg.Connection[Any], name: sql.Identifier, root: TableInfo, body: sql.Composable
+) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {}"
+            " AS $cdc$ BEGIN {} RETURN NULL; END $cdc$"
+        ).format(name, _key_text_settings(root), body)
+    )
+
+
+def create_root_functions(conn: psycopg.Connection[Any], root: TableInfo, notify: bool) -> None:
+    """The key type (composite keys) and the insert, update and delete functions of a captured table."""
+    if len(root.key_columns) > 1:
+        fields = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(root.key_type(column)))
+            for column in root.key_columns
+        )
+        conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root.relid)))
+        conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(key_type_name(root.relid), fields))
+    for _event, _referencing, prefix in TRIGGERS.values():
+        if prefix != "trunc":
+            _create_function(conn, function_name(prefix, root.relid), root, _row_function_body(root, prefix, notify))
+
+
+def attach(
+    conn: psycopg.Connection[Any],
+    root: TableInfo,
+    target_relid: int,
+    target: sql.Identifier,
+    *,
+    notify: bool,
+    in_hierarchy: bool,
+) -> None:
+    """Put the four capture triggers on ``target`` (the root itself, or one of its partitions or
+    children), recording under the root, enabled ALWAYS."""
+    truncate_function = function_name("trunc", target_relid)
+    _create_function(conn, truncate_function, root, _truncate_body(root, target if in_hierarchy else None, notify))
+    for trigger, (event, referencing, prefix) in TRIGGERS.items():
+        function = truncate_function if prefix == "trunc" else function_name(prefix, root.relid)
+        timing = "BEFORE" if prefix == "trunc" and in_hierarchy else "AFTER"
+        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), target))
+        conn.execute(
+            sql.SQL("CREATE TRIGGER {} {} {} ON {} {} FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(trigger), sql.SQL(timing), sql.SQL(event), target, sql.SQL(referencing), function
+            )
+        )
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(target, sql.Identifier(trigger)))
+
+
+def detach(conn: psycopg.Connection[Any], target_relid: int, target: sql.Identifier | None) -> None:
+    """Remove the capture triggers from ``target`` (when it still exists) and its truncate function."""
+    if target is not None:
+        for trigger in TRIGGERS:
+            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), target))
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_name("trunc", target_relid)))
+
+
+def drop_root_functions(conn: psycopg.Connection[Any], root_relid: int) -> None:
+    for _event, _referencing, prefix in TRIGGERS.values():
+        conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_name(prefix, root_relid)))
+    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root_relid)))
