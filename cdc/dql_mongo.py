@@ -7,7 +7,7 @@ has a MongoDB equivalent runs on both sides and the answers must be equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
@@ -34,7 +34,8 @@ PIPELINES: dict[str, tuple[str, list[dict[str, Any]]]] = {
         [
             {"$match": {"kind": "play"}},
             {"$group": {"_id": "$user_id", "plays": {"$sum": 1}}},
-            {"$group": {"_id": None, "users": {"$sum": 1}, "avg": {"$avg": "$plays"}, "max": {"$max": "$plays"}}},
+            # the sum, not $avg: a double average rounds differently from PostgreSQL's exact numeric one
+            {"$group": {"_id": None, "users": {"$sum": 1}, "plays": {"$sum": "$plays"}, "max": {"$max": "$plays"}}},
         ],
     ),
 }
@@ -57,7 +58,9 @@ def _mongo_rows(name: str, documents: list[dict[str, Any]]) -> list[tuple[Any, .
     if not documents:
         return [(0, Decimal("0"), 0)]
     only = documents[0]
-    return [(int(only["users"]), round(Decimal(str(only["avg"])), 2), int(only["max"]))]
+    # PostgreSQL's round(numeric, 2) rounds half away from zero: round(21.005, 2) is 21.01
+    average = (Decimal(int(only["plays"])) / Decimal(int(only["users"]))).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    return [(int(only["users"]), average, int(only["max"]))]
 
 
 def compare(conn: psycopg.Connection[Any], database: Database[Any]) -> list[DqlComparison]:

@@ -1,9 +1,13 @@
-"""Compare PostgreSQL and MongoDB row by row under the type mapping, in bounded memory.
+"""Compare PostgreSQL and MongoDB row by row under the type mapping, each side read once, in bounded memory.
 
-Each table is read in primary-key order in chunks; each chunk's documents are fetched from
-MongoDB by ``_id`` and compared as BSON (so NaN equals NaN and field order counts), without
-``_cdc``. Extra documents are found by scanning MongoDB's ``_id`` values against a set of
-16-byte digests of the keys PostgreSQL has (about 60 bytes per row).
+Independent of the exporter: expected values come from ``cdc.expected`` (PostgreSQL's own values
+and output text, mapped by rules written apart from the codec), and are compared with the stored
+BSON as pymongo decodes it, field by field and type by type.
+
+A hash join of two sequential scans, never per-key lookups: the MongoDB side is read once into a
+table of raw BSON documents keyed by the encoded ``_id``, then PostgreSQL's rows stream past it;
+what is left in the table afterwards is extra. When a collection is larger than the memory budget,
+the join runs in several passes, each keeping the documents whose ``_id`` hashes to that pass.
 """
 
 from __future__ import annotations
@@ -11,22 +15,29 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import itertools
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 import psycopg
 from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from psycopg import sql
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
-from cdc import pg
-from cdc.extjson import parse_line
-from cdc.reader import keyed_table_lines
+from cdc import expected, pg
+from cdc.expected import ColumnRule
 from cdc.tables import TableInfo
+from cdc.triggers import key_text
 
-CHUNK = 2_000
 EXAMPLES = 3
+MEMORY_BUDGET = 512 * 1024 * 1024  # bytes of raw documents held per pass
+_FETCH = 5_000
+_BSON_MAX_SIZE = 16 * 1024 * 1024
+Progress = Callable[[int], None]
 
 
 @dataclass
@@ -39,6 +50,9 @@ class TableDiff:
     extra: list[Any] = field(default_factory=list)  # in MongoDB, not in PostgreSQL
     extra_positions: list[Any] = field(default_factory=list)  # their _cdc as read, the guard for a repair
     different: list[Any] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # the first differing fields of the first examples
+    fields: dict[str, int] = field(default_factory=dict)  # field name -> documents where it differs
+    passes: int = 1
 
     @property
     def clean(self) -> bool:
@@ -52,11 +66,13 @@ class TableDiff:
             "missing": len(self.missing),
             "extra": len(self.extra),
             "different": len(self.different),
+            "fields": dict(self.fields),
             "examples": {
                 "missing": [_show(k) for k in self.missing[:EXAMPLES]],
                 "extra": [_show(k) for k in self.extra[:EXAMPLES]],
                 "different": [_show(k) for k in self.different[:EXAMPLES]],
             },
+            "details": self.details[: EXAMPLES * 3],
         }
 
 
@@ -65,61 +81,144 @@ def _show(key: Any) -> str:
     return text if len(text) <= 120 else text[:120] + "…"
 
 
-def _comparable(document: dict[str, Any]) -> bytes:
-    return bson.encode({k: v for k, v in document.items() if k != "_cdc"}, codec_options=_codec_options())
-
-
-def _id_bytes(value: Any) -> bytes:
-    return bson.encode({"_id": value}, codec_options=_codec_options())
-
-
-def compare_table(conn: psycopg.Connection[Any], database: Database[Any], table: TableInfo) -> TableDiff:
-    """Run inside a REPEATABLE READ transaction for a consistent PostgreSQL side."""
-    diff = TableDiff(table.display)
-    collection = database.get_collection(table.collection, codec_options=_codec_options())
-    lines = keyed_table_lines(conn, table, 0)
-    seen = 0
-    keys: set[bytes] = set()
-    while chunk := list(itertools.islice(lines, CHUNK)):
-        uncarried = [key for key, line in chunk if line is None]
-        diff.missing.extend(f"key {key} (cannot be carried: see rejected.jsonl)" for key in uncarried)
-        diff.rows += len(uncarried)
-        carried = [(key, line) for key, line in chunk if line is not None]
-        expected = [parse_line(line) for _, line in carried]
-        seen += len(expected)
-        stored = {_id_bytes(doc["_id"]): doc for doc in collection.find({"_id": {"$in": [d["_id"] for d in expected]}})}
-        for (key_text, _), document in zip(carried, expected, strict=True):
-            keys.add(_digest(_id_bytes(document["_id"])))
-            found = stored.get(_id_bytes(document["_id"]))
-            if found is None:
-                diff.missing.append(document["_id"])
-                diff.repair_keys.append(key_text)
-            elif _comparable(found) != _comparable(document):
-                diff.different.append(document["_id"])
-                diff.repair_keys.append(key_text)
-    diff.rows += seen
-    diff.documents = collection.count_documents({})
-    if diff.documents != diff.rows - len(diff.missing):
-        for document in collection.find({}, {"_id": 1, "_cdc": 1}).batch_size(CHUNK):
-            if _digest(_id_bytes(document["_id"])) not in keys:
-                diff.extra.append(document["_id"])
-                diff.extra_positions.append(document.get("_cdc"))
-    return diff
-
-
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
 @functools.cache
 def _codec_options() -> Any:
     return CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
 
 
-def verify(conn: psycopg.Connection[Any], database: Database[Any], tables_: list[TableInfo]) -> list[TableDiff]:
+@functools.cache
+def _raw_options() -> Any:
+    return CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+
+
+def _id_key(value: Any) -> bytes:
+    return bson.encode({"_id": value}, codec_options=_codec_options())
+
+
+def _pass_of(key: bytes, passes: int) -> int:
+    return 0 if passes == 1 else int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % passes
+
+
+def rules(table: TableInfo) -> list[ColumnRule]:
+    return [
+        ColumnRule(column.name, column.base_type, column.is_array, column.type_category == "E")
+        for column in table.columns
+    ]
+
+
+def _rows(conn: psycopg.Connection[Any], table: TableInfo, column_rules: list[ColumnRule]) -> Iterator[tuple[Any, ...]]:
+    """Each row: its key in the outbox's text form, then every column as ``expected.read_expression``
+    reads it; a sequential scan in no particular order, through a server-side cursor."""
+    query = sql.SQL("SELECT {}, {} FROM {} AS t").format(
+        key_text(table, "t"),
+        sql.SQL(", ").join(expected.read_expression(rule, sql.Identifier("t", rule.name)) for rule in column_rules),
+        table.qualified,
+    )
+    with conn.cursor(name=f"verify_{table.relid}") as cur:
+        cur.itersize = _FETCH
+        cur.execute(query)
+        yield from cur
+
+
+def _passes(database: Database[Any], table: TableInfo, budget: int) -> int:
+    """How many passes keep each one's documents under ``budget`` bytes (the collection's data size)."""
+    try:
+        size = int(database.command("collStats", table.collection).get("size", 0))
+    except PyMongoError:
+        size = 0
+    return max(1, math.ceil(size / budget))
+
+
+def compare_table(
+    conn: psycopg.Connection[Any],
+    database: Database[Any],
+    table: TableInfo,
+    *,
+    budget: int = MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> TableDiff:
+    """Run inside a REPEATABLE READ transaction for a consistent PostgreSQL side."""
+    diff = TableDiff(table.display)
+    collection = database.get_collection(table.collection, codec_options=_raw_options())
+    column_rules = rules(table)
+    by_name = {rule.name: rule for rule in column_rules}
+    key_rules = [by_name[name] for name in table.key_columns]
+    key_at = [[rule.name for rule in column_rules].index(name) for name in table.key_columns]
+    diff.passes = _passes(database, table, budget)
+    for this_pass in range(diff.passes):
+        stored: dict[bytes, RawBSONDocument] = {}
+        for document in collection.find({}).batch_size(_FETCH):
+            key = _id_key(document["_id"])
+            if _pass_of(key, diff.passes) == this_pass:
+                stored[key] = document
+        diff.documents += len(stored)
+        for row in _rows(conn, table, column_rules):
+            document_id = expected.expected_id(key_rules, [row[1 + index] for index in key_at])
+            key = _id_key(document_id)
+            if _pass_of(key, diff.passes) != this_pass:
+                continue
+            diff.rows += 1
+            _compare_row(diff, column_rules, row, document_id, stored.pop(key, None))
+            if progress is not None and diff.rows % 1000 == 0:
+                progress(1000)
+        for document in stored.values():
+            decoded = bson.decode(document.raw, codec_options=_codec_options())
+            diff.extra.append(decoded["_id"])
+            diff.extra_positions.append(decoded.get("_cdc"))
+    if progress is not None:
+        progress(diff.rows % 1000)
+    return diff
+
+
+def _compare_row(
+    diff: TableDiff,
+    column_rules: list[ColumnRule],
+    row: tuple[Any, ...],
+    document_id: Any,
+    found: RawBSONDocument | None,
+) -> None:
+    wanted = {"_id": document_id}
+    for rule, value in zip(column_rules, row[1:], strict=True):
+        wanted[rule.name] = expected.expected_value(rule, value)
+    if found is None:
+        if _too_large(wanted):
+            diff.missing.append(f"key {row[0]} (cannot be carried: over 16 MiB, see rejected.jsonl)")
+        else:
+            diff.missing.append(document_id)
+        diff.repair_keys.append(row[0])
+        return
+    decoded = bson.decode(found.raw, codec_options=_codec_options())
+    changed = list(expected.differences(decoded, wanted))
+    if not changed:
+        return
+    diff.different.append(document_id)
+    diff.repair_keys.append(row[0])
+    for item in changed:
+        diff.fields[item.field] = diff.fields.get(item.field, 0) + 1
+    if len(diff.details) < EXAMPLES * 3:
+        diff.details += [f"{_show(document_id)} {item.describe()}" for item in changed[:3]]
+
+
+def _too_large(wanted: dict[str, Any]) -> bool:
+    """Whether the expected document is over BSON's 16 MiB (rough: values as Python, strings measured)."""
+    try:
+        size = len(bson.encode({k: expected.bsonable(v) for k, v in wanted.items()}, codec_options=_codec_options()))
+    except Exception:
+        return False
+    return size > _BSON_MAX_SIZE
+
+
+def verify(
+    conn: psycopg.Connection[Any],
+    database: Database[Any],
+    tables_: list[TableInfo],
+    *,
+    budget: int = MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> list[TableDiff]:
     diffs = []
     for table in tables_:
         with pg.translated(f"verifying {table.display}"):
-            diffs.append(compare_table(conn, database, table))
+            diffs.append(compare_table(conn, database, table, budget=budget, progress=progress))
             conn.commit()
     return diffs

@@ -58,22 +58,16 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
         orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
         queries = dql_mongo.compare(conn, database) if orininu_captured else []
     summaries = [diff.summary() for diff in diffs]
-    dql = [{"query": q.name, "equal": q.equal} for q in queries]
+    dql = [
+        {"query": q.name, "equal": q.equal, "postgres": [list(map(str, r)) for r in q.postgres],
+         "mongodb": [list(map(str, r)) for r in q.mongodb]}
+        for q in queries
+    ]  # fmt: skip
     if as_json:
         clean = all(d.clean for d in diffs) and all(q.equal for q in queries)
         click.echo(orjson.dumps({"clean": clean, "tables": summaries, "dql": dql}).decode())
     else:
-        for item in summaries:
-            verdict = "ok" if not (item["missing"] or item["extra"] or item["different"]) else "DIFFERS"
-            click.echo(
-                f"{item['table']:<24} rows={item['rows']:<8} documents={item['documents']:<8} "
-                f"missing={item['missing']} extra={item['extra']} different={item['different']} {verdict}"
-            )
-            for kind, examples in item["examples"].items():
-                if examples:
-                    click.echo(f"    {kind}: " + ", ".join(examples))
-        for query in queries:
-            click.echo(f"dql {query.name:<20} {'same answer' if query.equal else 'DIFFERS'} on both sides")
+        _print_report(summaries, queries)
     if not all(diff.clean for diff in diffs):
         bad = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
         raise CheckFailed(f"verify found {bad} differences")
@@ -82,14 +76,35 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
         raise CheckFailed("the validation queries answer differently on MongoDB: " + ", ".join(unequal))
 
 
+def _print_report(summaries: list[dict[str, Any]], queries: list[dql_mongo.DqlComparison]) -> None:
+    for item in summaries:
+        verdict = "ok" if not (item["missing"] or item["extra"] or item["different"]) else "DIFFERS"
+        click.echo(
+            f"{item['table']:<24} rows={item['rows']:<8} documents={item['documents']:<8} "
+            f"missing={item['missing']} extra={item['extra']} different={item['different']} {verdict}"
+        )
+        for kind, examples in item["examples"].items():
+            if examples:
+                click.echo(f"    {kind}: " + ", ".join(examples))
+        if item["fields"]:
+            counts = ", ".join(f"{name} ({count})" for name, count in item["fields"].items())
+            click.echo(f"    fields that differ: {counts}")
+        for detail in item["details"]:
+            click.echo(f"    {detail}")
+    for query in queries:
+        click.echo(f"dql {query.name:<20} {'same answer' if query.equal else 'DIFFERS'} on both sides")
+        if not query.equal:
+            click.echo(f"    postgresql: {query.postgres}")
+            click.echo(f"    mongodb:    {query.mongodb}")
+
+
 def verify_tables(conn: Any, database: Any, chosen: list[TableInfo], *, step: str = "verify") -> list[verify.TableDiff]:
-    """``verify.verify`` one table at a time, with progress in tables."""
+    """``verify.verify`` one table at a time, with progress in rows compared."""
     diffs = []
-    with track(step, total=len(chosen), unit="tables", logger=log) as progress:
+    with track(step, unit="rows", scale=True, logger=log) as progress:
         for table in chosen:
             progress.note(table.display)
-            diffs += verify.verify(conn, database, [table])
-            progress.update(1)
+            diffs += verify.verify(conn, database, [table], progress=progress.update)
     return diffs
 
 

@@ -1,0 +1,328 @@
+"""What a stored document must hold, worked out from PostgreSQL's own values without the codec.
+
+``cdc verify`` is the product's proof, so it must not share the exporter's encoding: a wrong
+mapping would then appear on both sides and compare equal. This module reads each column the
+plain way (psycopg's text-protocol loaders, or PostgreSQL's own output text) and states, under the
+type mapping's rules (README, "Type mapping"), the BSON value the document must hold, as pymongo
+decodes it. ``differences`` then compares a decoded document with it, value by value and type by
+type (an int32 is not an int64, 1.50 is not 1.5, NaN equals NaN, -0.0 is not 0.0).
+
+Nothing here imports ``cdc.codec``; the two are kept apart on purpose (a test breaks the codec and
+expects verify to notice).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+import struct
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
+from psycopg import sql
+
+_INT32 = frozenset({"smallint", "integer"})
+_FLOATS = frozenset({"real", "double precision"})
+# read as psycopg's own values (text protocol): exact for these types
+_LOADED = frozenset(
+    {"smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "bytea", "uuid"}
+)
+_PLAIN_TEXT = frozenset({"text", "character varying", "character"})
+_TEMPORAL = frozenset({"date", "timestamp without time zone", "timestamp with time zone"})
+_JSON = frozenset({"json", "jsonb"})
+_DECIMAL128_DIGITS = 34
+_DECIMAL128_EXPONENTS = range(-6176, 6112)
+_JSON_MAX_DEPTH = 90
+_UTC = dt.UTC
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_TIMESTAMP_TEXT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?: (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?)?(?:\+00)?$")
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """How one column is read for verify and what it must become: ``base`` is the final element type
+    (domains followed), ``array`` whether it is an array of it, ``enum`` whether it is an enum."""
+
+    name: str
+    base: str
+    array: bool
+    enum: bool = False
+
+
+def read_expression(rule: ColumnRule, ref: sql.Composable) -> sql.Composable:
+    """The SQL that reads a column for verify: the value itself where psycopg's loader is exact,
+    else PostgreSQL's output text (``format('%s', …)``; for arrays, the array's output text read back
+    as text[], which keeps each element's output text)."""
+    base = rule.base
+    if base == "money":
+        return sql.SQL("{}::numeric[]" if rule.array else "{}::numeric").format(ref)
+    if rule.enum:
+        return sql.SQL("{}::text::text[]").format(ref) if rule.array else _output_text(ref)
+    if rule.array:
+        if base in _LOADED:  # an array of a domain comes with the domain's array oid: read as the base's
+            return sql.SQL("{}::{}[]").format(ref, sql.SQL(base))
+        return sql.SQL("{}::text::text[]").format(ref)
+    if base in _LOADED or base in _PLAIN_TEXT:
+        return ref
+    return _output_text(ref)
+
+
+def _output_text(ref: sql.Composable) -> sql.Composable:
+    """The type's output text (``format`` calls the output function; ``::text`` may not: inet's cast
+    adds the netmask), NULL kept NULL (``format`` would give '')."""
+    return sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE format('%s', {v}) END").format(v=ref)
+
+
+class _Fallback(Exception):
+    """A json value BSON cannot hold as is: the document holds its text."""
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if -(2**31) <= value < 2**31:
+            return value
+        if -(2**63) <= value < 2**63:
+            return Int64(value)
+        value = decimal.Decimal(value)
+    exact = _decimal128(value)
+    if exact is None or not value.is_finite():
+        raise _Fallback
+    return exact
+
+
+def _json(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        if depth >= _JSON_MAX_DEPTH:
+            raise _Fallback
+        for key in value:
+            if key.startswith("$") or "." in key or "\x00" in key:
+                raise _Fallback
+        return {key: _json(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        if depth >= _JSON_MAX_DEPTH:
+            raise _Fallback
+        return [_json(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return value
+    return _json_number(value)
+
+
+def _json_expected(text: str) -> Any:
+    try:
+        parsed = json.loads(text, parse_float=decimal.Decimal, parse_int=int)
+        _utf8(parsed)
+        return _json(parsed, 0)
+    except (_Fallback, ValueError, RecursionError, UnicodeEncodeError):
+        return text
+
+
+def _utf8(value: Any) -> None:
+    """Raise UnicodeEncodeError for a lone surrogate anywhere (it has no UTF-8 form)."""
+    if isinstance(value, str):
+        value.encode()
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode()
+            _utf8(item)
+    elif isinstance(value, list):
+        for item in value:
+            _utf8(item)
+
+
+def _decimal128(value: decimal.Decimal) -> Decimal128 | None:
+    """Decimal128 holding exactly ``value`` (digits and scale), or None when it cannot."""
+    if not value.is_finite():
+        return Decimal128(value)
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if len(digits) > _DECIMAL128_DIGITS or exponent not in _DECIMAL128_EXPONENTS:
+        return None
+    return Decimal128(value)
+
+
+@dataclass(frozen=True)
+class NumericText:
+    """A numeric Decimal128 cannot hold: the document holds it as a string of the same value and scale."""
+
+    value: decimal.Decimal
+
+
+def _temporal(text: str) -> Any:
+    """A BSON date (UTC, milliseconds) from PostgreSQL's ISO text, or the text itself when the value is
+    infinite or its year lies outside 1–9999 (BC years, five-digit years)."""
+    match = _TIMESTAMP_TEXT.match(text)
+    if match is None or int(match.group(1)) < 1:
+        return text
+    year, month, day, hour, minute, second, fraction = match.groups()
+    micros = int((fraction or "0").ljust(6, "0"))
+    moment = dt.datetime(
+        int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=_UTC
+    )
+    return moment + dt.timedelta(microseconds=micros - micros % 1000)
+
+
+def _float4(value: float) -> float:
+    """The real that PostgreSQL holds, widened exactly (its text is only the shortest round-trip form)."""
+    if not math.isfinite(value):
+        return value
+    widened: float = struct.unpack(">f", struct.pack(">f", value))[0]
+    return widened
+
+
+def expected_value(rule: ColumnRule, value: Any) -> Any:
+    """What the document holds for one column value (``value`` as ``read_expression`` read it)."""
+    if value is None:
+        return None
+    if rule.array:
+        element = ColumnRule(rule.name, rule.base, False, rule.enum)
+        return _each(value, element)
+    return _scalar(rule, value)
+
+
+def _each(value: list[Any], element: ColumnRule) -> list[Any]:
+    return [None if item is None else _each(item, element) if isinstance(item, list) else _scalar(element, item)
+            for item in value]  # fmt: skip
+
+
+def _scalar(rule: ColumnRule, value: Any) -> Any:
+    base = rule.base
+    if rule.enum:
+        return str(value)
+    if base in _INT32:
+        return int(value)
+    if base == "bigint":
+        return Int64(value)
+    if base in ("numeric", "money"):
+        exact = _decimal128(value)
+        return exact if exact is not None else NumericText(value)
+    if base == "real":
+        return _float4(float(value))
+    if base == "double precision":
+        return float(value)
+    if base == "boolean":
+        return bool(value)
+    if base == "bytea":
+        return bytes(value)
+    if base == "uuid":
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    if base in _TEMPORAL:
+        return _temporal(str(value))
+    if base in _JSON:
+        return _json_expected(str(value))
+    return str(value)
+
+
+def expected_id(rules: Sequence[ColumnRule], key: Sequence[Any]) -> Any:
+    """``_id``: the key's value, or a subdocument in primary-key column order for a composite key."""
+    values = [expected_value(rule, value) for rule, value in zip(rules, key, strict=True)]
+    if len(values) == 1:
+        return bsonable(values[0])
+    return {rule.name: bsonable(value) for rule, value in zip(rules, values, strict=True)}
+
+
+def bsonable(value: Any) -> Any:
+    return str(value.value) if isinstance(value, NumericText) else value
+
+
+# ---- comparing ---------------------------------------------------------------------------------
+
+
+def _same(stored: Any, expected: Any) -> bool:
+    if isinstance(expected, NumericText):
+        return isinstance(stored, str) and _same_decimal(stored, expected.value)
+    if isinstance(expected, float):
+        return type(stored) is float and (
+            (math.isnan(expected) and math.isnan(stored)) or struct.pack(">d", stored) == struct.pack(">d", expected)
+        )
+    if isinstance(expected, Int64):
+        return isinstance(stored, Int64) and int(stored) == int(expected)
+    if isinstance(expected, bool):
+        return type(stored) is bool and stored == expected
+    if isinstance(expected, int):
+        return type(stored) is int and stored == expected
+    if isinstance(expected, Decimal128):
+        return isinstance(stored, Decimal128) and stored.bid == expected.bid
+    if isinstance(expected, dict):
+        return (
+            isinstance(stored, dict)
+            and list(stored) == list(expected)
+            and all(_same(stored[key], item) for key, item in expected.items())
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(expected)
+            and all(_same(a, b) for a, b in zip(stored, expected, strict=True))
+        )
+    if expected is None:
+        return stored is None
+    return type(stored) is type(expected) and bool(stored == expected)
+
+
+def _same_decimal(text: str, value: decimal.Decimal) -> bool:
+    try:
+        return decimal.Decimal(text).as_tuple() == value.as_tuple()
+    except decimal.InvalidOperation:
+        return False
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A short, type-revealing rendering of a value for a difference line."""
+    if isinstance(value, NumericText):
+        text = f"'{value.value}' (string)"
+    elif isinstance(value, Int64):
+        text = f"Int64({int(value)})"
+    elif isinstance(value, Decimal128):
+        text = f"Decimal128('{value}')"
+    elif isinstance(value, dt.datetime):
+        text = f"date {value.isoformat()}"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@dataclass(frozen=True)
+class FieldDifference:
+    field: str
+    expected: Any  # what PostgreSQL's value maps to; ``ABSENT`` when the field should not be there
+    stored: Any  # what the document holds; ``ABSENT`` when it is missing
+
+    def describe(self) -> str:
+        return f"{self.field}: postgres {show(self.expected)}, mongodb {show(self.stored)}"
+
+
+ABSENT = type("Absent", (), {"__repr__": lambda self: "(absent)"})()
+
+
+def differences(stored: dict[str, Any], expected: dict[str, Any]) -> Iterator[FieldDifference]:
+    """Each field of the decoded document that differs from the expected one (``_cdc`` aside), in
+    field order; a field order that differs is reported on the first field out of place."""
+    names = [name for name in stored if name != "_cdc"]
+    for name, value in expected.items():
+        if name not in stored:
+            yield FieldDifference(name, value, ABSENT)
+        elif not _same(stored[name], value):
+            yield FieldDifference(name, value, stored[name])
+    for name in names:
+        if name not in expected:
+            yield FieldDifference(name, ABSENT, stored[name])
+    present = [name for name in names if name in expected]
+    wanted = [name for name in expected if name in stored]
+    if present != wanted:
+        first = next(index for index, (a, b) in enumerate(zip(present, wanted, strict=True)) if a != b)
+        yield FieldDifference(f"(field order at {present[first]})", wanted[first], present[first])
+
+
+def epoch_ms(moment: dt.datetime) -> int:
+    """Milliseconds since the epoch (for tests and messages)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
