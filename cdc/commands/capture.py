@@ -112,8 +112,17 @@ def uninstall(settings: Settings, table_list: str | None, schema: str, yes: bool
         if names is None
         else f"Stop capturing {', '.join(names)}?"
     )
-    if not yes and not click.confirm(question):
-        raise CheckFailed("uninstall: nothing removed")
+    if not yes and not _confirmed(question):
+        raise CheckFailed("uninstall not confirmed: nothing removed")
     with pg.connect(settings.pg_dsn()) as conn:
         released = capture.uninstall(conn, names, schema=schema)
     click.echo(f"capture removed from {released} tables")
+
+
+def _confirmed(question: str) -> bool:
+    """A yes at the prompt; no, end of input or Ctrl-C is a no (exit 1, nothing done)."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        click.echo("", err=True)
+        return False
