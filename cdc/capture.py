@@ -179,7 +179,7 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
                 who
             )
         )
-        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured TO {}").format(who))
+        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts TO {}").format(who))
         conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
         for info in table_infos:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))

@@ -307,7 +307,15 @@ class Watch:
         """Reconcile any drift; returns what was done (empty when in step or not allowed)."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = pg.connect(self.dsn, autocommit=True)
-        found = drift(self._conn)
+        try:
+            found = drift(self._conn)
+        except PostgresUnavailable:
+            raise
+        except PostgresError as exc:  # say it once; capture itself goes on
+            if self._reported != (Drift(0, 0, str(exc)),):
+                self._reported = (Drift(0, 0, str(exc)),)
+                log.warning("cannot check the partitions of captured tables: %s", exc, extra={"action": "hierarchy"})
+            return []
         if not found:
             self._reported = ()
             return []
