@@ -21,6 +21,22 @@ def pending_batches(conn: psycopg.Connection[Any]) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
+def committed_batches(conn: psycopg.Connection[Any], first: int | None = None, last: int | None = None) -> set[int]:
+    """Batch ids the ledger committed (exported, or applied) between ``first`` and ``last``.
+
+    A claim is committed with its export, so an id absent from here was burned by an interrupted
+    claim and never held a change.
+    """
+    with pg.translated("reading the ledger"):
+        rows = conn.execute(
+            "SELECT batch_id FROM cdc.batches WHERE state <> 'claimed'"
+            " AND batch_id >= coalesce(%s::bigint, batch_id) AND batch_id <= coalesce(%s::bigint, batch_id)",
+            [first, last],
+        ).fetchall()
+    conn.commit()
+    return {int(row[0]) for row in rows}
+
+
 def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
     """Applied: MongoDB acknowledged every write with w:majority. The claimed keys are released."""
     with pg.translated(f"marking batch {batch_id} applied"):

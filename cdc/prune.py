@@ -205,18 +205,55 @@ def record_pruned(archive_dir: Path, ids: Iterable[int]) -> None:
     archive.fsync_dir(archive_dir)
 
 
-# ---- replay across a pruned range ---------------------------------------------------------------
+# ---- replay across a pruned range, or a lost folder --------------------------------------------
 
 
 class PrunedGap(ArchiveError):
     """Batches of the requested range were pruned from the archive and are not applied to the target."""
 
 
+class LostBatches(ArchiveError):
+    """Batches known to have been exported are missing from the archive, and the target does not hold them."""
+
+
+@dataclass
+class ReplayGaps:
+    """Batch ids of a replay's range without a folder that do not stop the replay."""
+
+    burned: list[int] = field(default_factory=list)  # the ledger never committed them: interrupted claims
+    unpublished: list[int] = field(default_factory=list)  # committed, still a partial folder, after the range's last
+    held: list[int] = field(default_factory=list)  # the target records them as applied: it has their changes
+    unknown: list[int] = field(default_factory=list)  # between present folders; no ledger could be consulted
+
+
 def check_replay(
-    directory: Path, selected: Sequence[int], done: set[int], first: int | None, last: int | None
-) -> list[int]:
-    """Refuse a replay whose range holds pruned batches the target has not applied; return the other
-    missing ids between the selected batches (burned by an interrupted export, or lost)."""
+    directory: Path,
+    selected: Sequence[int],
+    done: set[int],
+    first: int | None,
+    last: int | None,
+    *,
+    committed: set[int] | None,
+) -> ReplayGaps:
+    """Refuse a replay that would leave out changes the target does not hold; sort the other missing
+    ids. Nothing is applied before this runs.
+
+    ``selected`` are the batch folders of the range, ``done`` the target's record of applied batches
+    and ``committed`` the ledger's batch ids of the range (``ledger.committed_batches``), or None
+    when the ledger could not be consulted. Refused:
+
+    - a batch pruned from the archive (``pruned.json``) that the target has not applied, when a
+      later batch would be replayed over it (``PrunedGap``);
+    - a batch the ledger committed (so it held changes) whose folder is missing, and that the target
+      has not applied (``LostBatches``): a folder deleted or lost, including before the first and
+      after the last folder of the range.
+
+    A committed batch still in its ``.partial-`` folder after the range's last folder is being
+    published by an export (or is, after a crash, by the next one): it is left for the next replay.
+    Without the ledger, a gap between folders that the target has not applied cannot be told from
+    an id burned by an interrupted claim: it is returned as ``unknown``, for a warning. Read the
+    ledger before listing the folders, so a batch committed meanwhile is seen in one of its forms.
+    """
     pruned = read_pruned(directory)
 
     def in_range(batch_id: int) -> bool:
@@ -236,10 +273,33 @@ def check_replay(
             "does not record them as applied: replaying past them would leave their changes out. Rebuild the "
             f"target with `cdc snapshot` instead, or replay only what follows with --from {holes[-1] + 1}"
         )
-    present = sorted(selected)
-    return [
-        batch_id
-        for before, after in itertools.pairwise(present)
-        for batch_id in range(before + 1, after)
-        if batch_id not in pruned
-    ]
+    present = set(selected)
+    missing = {
+        batch_id for before, after in itertools.pairwise(sorted(present)) for batch_id in range(before + 1, after)
+    }
+    if committed is not None:
+        missing |= {batch_id for batch_id in committed if in_range(batch_id) and batch_id not in present}
+    gaps = ReplayGaps()
+    lost: list[int] = []
+    for batch_id in sorted(missing - pruned):  # a pruned batch was checked above
+        if batch_id in done:
+            gaps.held.append(batch_id)
+        elif committed is None:
+            gaps.unknown.append(batch_id)
+        elif batch_id not in committed:
+            gaps.burned.append(batch_id)
+        elif (directory / f"{archive.PARTIAL_PREFIX}{archive.batch_folder_name(batch_id)}").is_dir():
+            # committed, not yet renamed into place: an export is publishing it (or will, after a crash)
+            (gaps.unpublished if not present or batch_id > max(present) else lost).append(batch_id)
+        else:
+            lost.append(batch_id)
+    if lost:
+        follows = ""
+        if lost[-1] < max(present, default=0):
+            follows = f", or replay only what follows with --from {lost[-1] + 1}"
+        raise LostBatches(
+            f"batches {describe_ids(lost)} are missing from {directory}, but the ledger records them as exported "
+            "and the target does not record them as applied: replaying without them would leave their changes "
+            f"out. Restore the folders, or rebuild the target with `cdc snapshot`{follows}"
+        )
+    return gaps

@@ -14,9 +14,9 @@ import orjson
 from cdc import archive, capture, drain, ledger, mongo, pg, shutdown, snapshot
 from cdc.cli import metrics_options, settings_options
 from cdc.config import Settings
-from cdc.errors import CheckFailed, ConfigError, UsageError
+from cdc.errors import CdcError, CheckFailed, ConfigError, UsageError
 from cdc.progress import track
-from cdc.prune import check_replay, describe_ids
+from cdc.prune import ReplayGaps, check_replay, describe_ids
 from cdc.sink import Applier
 from cdc.worker import Worker
 
@@ -143,6 +143,49 @@ def snapshot_command(settings: Settings, table_list: str | None, batch_size: int
     )
 
 
+def _replay_ledger(settings: Settings, first: int | None, last: int | None) -> tuple[set[int] | None, str]:
+    """The ledger's committed batch ids of the range, or None and why the ledger could not be consulted."""
+    try:
+        dsn = settings.pg_dsn()
+    except ConfigError as exc:
+        return None, str(exc).partition(":")[0]  # "no PostgreSQL configured", or the stack's server is down
+    try:
+        with pg.connect(dsn, connect_timeout=10) as conn:
+            if not capture.is_installed(conn):
+                return None, "capture is not installed in its PostgreSQL database"
+            return ledger.committed_batches(conn, first, last), ""
+    except CdcError as exc:
+        return None, str(exc)
+
+
+def _warn_gaps(directory: Path, gaps: ReplayGaps, unconsulted: str) -> None:
+    if gaps.burned:
+        click.echo(
+            f"cdc: warning: batch ids {describe_ids(gaps.burned)} are missing from {directory}: the ledger never "
+            "committed them (burned by an interrupted export), so nothing is lost",
+            err=True,
+        )
+    if gaps.unpublished:
+        click.echo(
+            f"cdc: warning: batches {describe_ids(gaps.unpublished)} are still being published in {directory} "
+            "(a `.partial-` folder): the next replay applies them",
+            err=True,
+        )
+    if gaps.held:
+        click.echo(
+            f"cdc: warning: batches {describe_ids(gaps.held)} are missing from {directory}; the target already "
+            "records them as applied, but this archive can no longer rebuild another target",
+            err=True,
+        )
+    if gaps.unknown:
+        click.echo(
+            f"cdc: warning: batch ids {describe_ids(gaps.unknown)} are missing from {directory} and the ledger "
+            f"could not be consulted ({unconsulted}): harmless if an interrupted export burned them, but if a "
+            "folder was lost the target misses its changes; give --pg to check",
+            err=True,
+        )
+
+
 @click.command()
 @settings_options
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
@@ -157,22 +200,20 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     latest batch converges to the same state. Stopping early with --to can bring back rows that a
     later batch deletes. Every batch's checksums are verified first; an incomplete batch stops it.
     Batches removed by `cdc archive prune` that the target has not applied stop it before anything
-    is applied (rebuild with `cdc snapshot` instead); other missing batch ids are reported.
+    is applied (rebuild with `cdc snapshot` instead). So does a missing batch folder that the ledger
+    (PostgreSQL, when configured) records as exported and the target has not applied. Ids burned by
+    an interrupted export, and gaps that cannot be checked without the ledger, are warnings.
     """
     applier = _applier(settings)
     done = applier.applied_batches()
+    committed, unconsulted = _replay_ledger(settings, first, last)  # before the listing (see check_replay)
     paths = [
         path
         for path in archive.batch_paths(directory)
         if (first is None or int(path.name) >= first) and (last is None or int(path.name) <= last)
     ]
-    missing = check_replay(directory, [int(path.name) for path in paths], done, first, last)
-    if missing:
-        click.echo(
-            f"cdc: warning: batch ids {describe_ids(missing)} are missing from {directory}: harmless when an "
-            "interrupted export burned them, not when a folder was lost",
-            err=True,
-        )
+    gaps = check_replay(directory, [int(path.name) for path in paths], done, first, last, committed=committed)
+    _warn_gaps(directory, gaps, unconsulted)
     applied = skipped = 0
     with track("replay", total=len(paths), unit="batches", logger=log) as progress:
         for path in paths:
