@@ -26,6 +26,10 @@ def refuse_password_in_argument(flag: str, value: str | None) -> None:
         )
 
 
+class ServerDown(ConfigError):
+    """The embedded stack's server is not running."""
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
@@ -43,10 +47,29 @@ class Settings:
     def archive_dir(self) -> Path:
         return self.archive_dir_given or self.data_dir / "archive"
 
-    def _stack_env(self) -> dict[str, str] | None:
+    def _stack_env(self, server: str) -> dict[str, str] | None:
+        """The embedded stack's settings when its ``server`` ("postgresql" or "mongodb") runs: one
+        server down does not hide the other (``cdc status`` needs PostgreSQL only)."""
         from cdc.stack import Stack  # noqa: PLC0415  (imports nothing heavy, avoids a cycle)
 
-        return Stack(self.data_dir).running_env()
+        stack = Stack(self.data_dir)
+        env = stack.running_env()
+        if env:
+            return env
+        if stack.paths.env_file.exists() and any(state.name == server and state.running for state in stack.status()):
+            return stack.env()
+        return None
+
+    def _stack_down(self, what: str, flag: str, variable: str) -> ServerDown | None:
+        """The error naming the embedded stack's ``what`` server as down, when there is a stack."""
+        from cdc.stack import Stack  # noqa: PLC0415
+
+        if not Stack(self.data_dir).paths.env_file.exists():
+            return None
+        return ServerDown(
+            f"the embedded stack's {what} server under {self.data_dir} is down: start it with "
+            f"`cdc stack up --data-dir {self.data_dir}`, or pass {flag} / set {variable}"
+        )
 
     def pg_dsn(self) -> str:
         """The PostgreSQL connection string to use, or ``ConfigError`` naming the ways to set one."""
@@ -54,10 +77,10 @@ class Settings:
             return self.pg_dsn_given
         if any(os.environ.get(name) for name in LIBPQ_VARIABLES):
             return ""
-        stack_env = self._stack_env()
+        stack_env = self._stack_env("postgresql")
         if stack_env:
             return stack_env["CDC_PG_DSN"]
-        raise ConfigError(
+        raise self._stack_down("PostgreSQL", "--pg", "CDC_PG_DSN") or ConfigError(
             "no PostgreSQL configured: pass --pg, set CDC_PG_DSN or PGHOST/PGDATABASE, "
             f"or start the embedded stack with `cdc stack up --data-dir {self.data_dir}`"
         )
@@ -66,10 +89,10 @@ class Settings:
         """The MongoDB URI to use, or ``ConfigError`` naming the ways to set one."""
         if self.mongo_uri_given:
             return self.mongo_uri_given
-        stack_env = self._stack_env()
+        stack_env = self._stack_env("mongodb")
         if stack_env:
             return stack_env["CDC_MONGO_URI"]
-        raise ConfigError(
+        raise self._stack_down("MongoDB", "--mongo", "CDC_MONGO_URI") or ConfigError(
             "no MongoDB configured: pass --mongo, set CDC_MONGO_URI, "
             f"or start the embedded stack with `cdc stack up --data-dir {self.data_dir}`"
         )

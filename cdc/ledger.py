@@ -47,23 +47,57 @@ def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
 
 @dataclass(frozen=True)
 class Backlog:
-    """What waits in the outbox: captured statements, the changes (keys) they hold, the oldest one's age."""
+    """What is captured and not yet in MongoDB.
 
-    statements: int
-    changes: int
-    oldest_age_s: float
+    That is the outbox, plus the changes of batches claimed for applying (``cdc run``,
+    ``cdc snapshot``) and not yet applied: a batch that takes minutes to apply is backlog until
+    MongoDB acknowledged it. For ``cdc export`` an archived batch is done, so only what is not yet
+    archived counts.
+    """
+
+    statements: int  # captured statements waiting: outbox rows and the unapplied batches' rows
+    changes: int  # changes (keys) not yet in MongoDB
+    oldest_age_s: float  # age of the oldest of them (0 when there is none)
+    outbox_statements: int = 0  # of ``statements``, those still in the outbox
+    outbox_changes: int = 0  # of ``changes``, those still in the outbox
+    batch_changes: int = 0  # of ``changes``, those in claimed batches not yet applied
+    batches: int = 0  # those batches
+    age_is_lower_bound: bool = False
+    """The oldest waiting change is in a claimed batch, and the ledger keeps when a batch was
+    claimed, not when its changes were made: the true age is at least ``oldest_age_s``."""
 
 
 def backlog(conn: psycopg.Connection[Any]) -> Backlog:
-    """The outbox backlog (``cdc status``, the demo's live line and the metrics read it).
+    """The backlog (``cdc status``, the demo's live line and the metrics read it).
 
     The age is measured from ``now()``, the transaction's start: use an autocommit connection
     (or a fresh transaction) for a live reading.
     """
-    with pg.translated("reading the outbox backlog"):
+    with pg.translated("reading the backlog"):
         row = conn.execute(
-            "SELECT count(*), coalesce(sum(cardinality(keys)), 0),"
-            " coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM cdc.outbox"
+            # waiting: batches claimed for applying and not applied, or (any mode) not yet archived
+            """WITH waiting AS (SELECT batch_id, claimed_at FROM cdc.batches
+                                WHERE state <> 'applied' AND (mode IN ('run', 'snapshot') OR state = 'claimed'))
+                SELECT o.statements, o.changes, extract(epoch FROM now() - o.oldest),
+                       h.statements, h.changes, w.batches, extract(epoch FROM now() - w.oldest)
+                FROM (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes,
+                             min(created_at) AS oldest
+                      FROM cdc.outbox) o,
+                     (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes
+                      FROM cdc.batch_changes WHERE batch_id IN (SELECT batch_id FROM waiting)) h,
+                     (SELECT count(*) AS batches, min(claimed_at) AS oldest FROM waiting) w"""
         ).fetchone()
     assert row is not None
-    return Backlog(int(row[0]), int(row[1]), float(row[2]))
+    outbox_statements, outbox_changes, outbox_age, held_statements, held_changes, batches, claim_age = row
+    outbox_age_s = float(outbox_age) if outbox_age is not None else 0.0
+    claim_age_s = float(claim_age) if claim_age is not None else 0.0
+    return Backlog(
+        statements=int(outbox_statements) + int(held_statements),
+        changes=int(outbox_changes) + int(held_changes),
+        oldest_age_s=max(outbox_age_s, claim_age_s, 0.0),
+        outbox_statements=int(outbox_statements),
+        outbox_changes=int(outbox_changes),
+        batch_changes=int(held_changes),
+        batches=int(batches),
+        age_is_lower_bound=claim_age is not None and claim_age_s > outbox_age_s,
+    )

@@ -1,9 +1,11 @@
 """Prometheus metrics of the sync worker, on a registry of their own (never the process-global one).
 
 One ``Metrics`` per worker run, so tests and several workers in one process do not clash. The
-worker counts what it exported and applied; the outbox backlog and the oldest waiting change's
-age are read from PostgreSQL when the metrics are collected (a scrape, or the textfile write),
-so they keep growing while a worker is stuck. Labels hold table names only, never a DSN or URI.
+worker counts what it exported and applied; the backlog (changes not yet in MongoDB: in the
+outbox, or in batches claimed and not yet applied) and the oldest waiting change's age are read
+from PostgreSQL when the metrics are collected (a scrape, or the textfile write), so they keep
+growing while a worker is stuck, a long batch is applied included. The gauges keep their
+``cdc_outbox_`` names (dashboards and alerts use them). Labels hold table names only, never a DSN or URI.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def applied_by_table(by_collection: Mapping[str, Mapping[str, int]]) -> dict[str
 
 
 class OutboxCollector(Collector):
-    """The backlog gauges, read from PostgreSQL at collection time on a connection of their own."""
+    """The backlog gauges (``ledger.backlog``), read from PostgreSQL at collection time on a connection of their own."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -63,9 +65,13 @@ class OutboxCollector(Collector):
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
-            GaugeMetricFamily("cdc_outbox_backlog_changes", "Changes (keys) waiting in the outbox."),
             GaugeMetricFamily(
-                "cdc_outbox_oldest_change_age_seconds", "Age of the oldest change waiting in the outbox (0 when empty)."
+                "cdc_outbox_backlog_changes",
+                "Changes (keys) not yet in MongoDB: in the outbox, or in batches claimed and not yet applied.",
+            ),
+            GaugeMetricFamily(
+                "cdc_outbox_oldest_change_age_seconds",
+                "Age of the oldest change not yet in MongoDB (0 when none; for a claimed batch, from its claim).",
             ),
             GaugeMetricFamily("cdc_outbox_up", "1 when the backlog could be read from PostgreSQL, else 0."),
         )

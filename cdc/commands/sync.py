@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,11 @@ import orjson
 
 from cdc import archive, capture, drain, ledger, mongo, pg, shutdown, snapshot
 from cdc.cli import metrics_options, settings_options
-from cdc.config import Settings
-from cdc.errors import CdcError, CheckFailed, ConfigError, UsageError
+from cdc.config import ServerDown, Settings
+from cdc.errors import CdcError, CheckFailed, ConfigError, PostgresUnavailable, UsageError
 from cdc.progress import track
 from cdc.prune import ReplayGaps, check_replay, describe_ids
-from cdc.sink import Applier
+from cdc.sink import APPLIED_COLLECTION, Applier
 from cdc.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -229,52 +228,150 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     click.echo(f"replayed {applied} batches, skipped {skipped} already applied")
 
 
-@click.command(name="status")
-@settings_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
-@click.option("--max-backlog", type=int, help="Exit 1 when more changes than this wait in the outbox.")
-@click.option("--max-lag", type=float, help="Exit 1 when the oldest waiting change is older than this (seconds).")
-def status_command(settings: Settings, as_json: bool, max_backlog: int | None, max_lag: float | None) -> None:
-    """Backlog, lag, last batch, worker state, and captured tables whose triggers are missing."""
-    with pg.connect(settings.pg_dsn()) as conn:
-        _require_capture(conn)
-        waiting = ledger.backlog(conn)
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, dt.datetime) else None
+
+
+def _seconds(value: Any) -> float | None:
+    """An age in seconds (PostgreSQL's ``extract(epoch …)`` is a numeric), to the millisecond."""
+    return round(float(value), 3) if value is not None else None
+
+
+def _ledger_status(conn: Any) -> dict[str, Any]:
+    """What PostgreSQL knows: the backlog, the ledger's last batches, the worker, the captured tables."""
+    waiting = ledger.backlog(conn)
+    with pg.translated("reading the ledger"):
         row = conn.execute(
-            """SELECT (SELECT max(batch_id) FROM cdc.batches WHERE state = 'applied'),
-                      (SELECT max(applied_at) FROM cdc.batches WHERE state = 'applied'),
-                      (SELECT count(*) FROM cdc.batches WHERE state <> 'applied' AND mode <> 'export'),
-                      (SELECT max(batch_id) FROM cdc.batches WHERE state = 'exported' AND mode = 'export'),
+            """WITH exported AS (SELECT batch_id, mode, exported_at FROM cdc.batches
+                                 WHERE state <> 'claimed' ORDER BY batch_id DESC LIMIT 1),
+                    applied AS (SELECT batch_id, applied_at FROM cdc.batches
+                                WHERE state = 'applied' ORDER BY batch_id DESC LIMIT 1)
+               SELECT (SELECT batch_id FROM exported), (SELECT mode FROM exported),
+                      (SELECT exported_at FROM exported),
+                      extract(epoch FROM now() - (SELECT exported_at FROM exported)),
+                      (SELECT batch_id FROM applied), (SELECT applied_at FROM applied),
+                      extract(epoch FROM now() - (SELECT applied_at FROM applied)),
                       EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s
                               AND granted)""",
             [0x0CDC, 3],
         ).fetchone()
-        assert row is not None
-        tables_state = capture.captured_tables(conn)
-    broken = [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy]
-    report = {
-        "outbox_statements": waiting.statements,
+    assert row is not None
+    tables_state = capture.captured_tables(conn)
+    return {
         "backlog_changes": waiting.changes,
-        "oldest_change_age_s": waiting.oldest_age_s,
-        "last_applied_batch": row[0],
-        "last_applied_at": row[1].isoformat() if isinstance(row[1], dt.datetime) else None,
-        "unapplied_batches": int(row[2]),
-        "last_exported_batch": row[3],
-        "worker_running": bool(row[4]),
+        "outbox_statements": waiting.outbox_statements,
+        "outbox_changes": waiting.outbox_changes,
+        "unapplied_batches": waiting.batches,
+        "unapplied_batch_changes": waiting.batch_changes,
+        "oldest_change_age_s": round(waiting.oldest_age_s, 3),
+        "oldest_change_age_is_lower_bound": waiting.age_is_lower_bound,
+        "last_exported_batch": row[0],
+        "last_exported_mode": row[1],
+        "last_exported_at": _iso(row[2]),
+        "last_exported_age_s": _seconds(row[3]),
+        "last_applied_batch": row[4],
+        "last_applied_at": _iso(row[5]),
+        "last_applied_age_s": _seconds(row[6]),
+        "worker_running": bool(row[7]),
         "tables": len(tables_state),
-        "tables_missing_triggers": broken,
-        "checked_at": time.time(),
+        "tables_missing_triggers": [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy],
     }
+
+
+def _source_status(settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """PostgreSQL's state and what it knows; the second item says why it is down or not configured."""
+    try:
+        dsn = settings.pg_dsn()
+    except ServerDown as exc:
+        return {"postgresql": "down"}, str(exc)
+    except UsageError:
+        raise
+    except ConfigError as exc:
+        return {"postgresql": "not configured"}, str(exc)
+    try:
+        with pg.connect(dsn, connect_timeout=10) as conn:
+            _require_capture(conn)
+            return {"postgresql": "up", **_ledger_status(conn)}, None
+    except PostgresUnavailable as exc:
+        return {"postgresql": "down"}, str(exc)
+
+
+def _target_status(settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """MongoDB's state and its own record of applied batches (`cdc replay` writes only there); the
+    second item says why a configured MongoDB is down."""
+    try:
+        uri = settings.mongo_uri()
+    except ServerDown as exc:
+        return {"mongodb": "down"}, str(exc)
+    except ConfigError:
+        return {"mongodb": "not configured"}, None
+    try:
+        client = mongo.client(uri, timeout_ms=3_000)
+    except CdcError as exc:
+        return {"mongodb": "down"}, str(exc)
+    try:
+        with mongo.translated("reading the target's record of applied batches"):
+            last = client[settings.mongo_db][APPLIED_COLLECTION].find_one({}, sort=[("_id", -1)])
+    except CdcError as exc:
+        return {"mongodb": "down"}, str(exc)
+    finally:
+        client.close()
+    applied_at = last.get("applied_at") if last else None
+    return {
+        "mongodb": "up",
+        "target_last_applied_batch": int(last["_id"]) if last else None,
+        "target_last_applied_at": _iso(applied_at),
+        "target_last_applied_age_s": (
+            _seconds((dt.datetime.now(dt.UTC) - applied_at).total_seconds())
+            if isinstance(applied_at, dt.datetime)
+            else None
+        ),
+    }, None
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "-"
+    return str(value)
+
+
+@click.command(name="status")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option(
+    "--max-backlog", type=int, help="Exit 1 when more changes than this are not yet in MongoDB (outbox and batches)."
+)
+@click.option(
+    "--max-lag", type=float, help="Exit 1 when the oldest change not yet in MongoDB is older than this (seconds)."
+)
+def status_command(settings: Settings, as_json: bool, max_backlog: int | None, max_lag: float | None) -> None:
+    """Backlog, lag, last batches, worker state, and captured tables whose triggers are missing.
+
+    The backlog counts every change not yet in MongoDB: in the outbox, and in batches claimed and
+    not yet applied (for `cdc export`: not yet archived). Times are ISO-8601, ages in seconds. Needs
+    PostgreSQL only: a MongoDB that is down is reported, and so is a PostgreSQL that is down.
+    """
+    report, pg_down = _source_status(settings)
+    target, target_down = _target_status(settings)
+    report.update(target)
+    report["checked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     if as_json:
         click.echo(orjson.dumps(report).decode())
     else:
+        width = max(len(key) for key in report)
         for key, value in report.items():
-            click.echo(f"{key:<24} {value}")
-    problems = []
-    if broken:
-        problems.append("captured tables lost their triggers: " + ", ".join(broken))
-    if max_backlog is not None and report["backlog_changes"] > max_backlog:
+            click.echo(f"{key:<{width}} {_show(value)}")
+    problems = [down for down in (pg_down, target_down) if down]
+    if report.get("tables_missing_triggers"):
+        problems.append("captured tables lost their triggers: " + ", ".join(report["tables_missing_triggers"]))
+    if max_backlog is not None and report.get("backlog_changes", 0) > max_backlog:
         problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
-    if max_lag is not None and report["oldest_change_age_s"] > max_lag:
-        problems.append(f"lag {report['oldest_change_age_s']:.1f}s > {max_lag}s")
+    if max_lag is not None and report.get("oldest_change_age_s", 0) > max_lag:
+        at_least = "at least " if report["oldest_change_age_is_lower_bound"] else ""
+        problems.append(f"lag {at_least}{report['oldest_change_age_s']:.1f}s > {max_lag}s")
     if problems:
         raise CheckFailed("; ".join(problems))
