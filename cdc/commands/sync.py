@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import archive, capture, drain, ledger, mongo, pg, shutdown, snapshot
+from cdc import archive, capture, drain, hierarchy, ledger, mongo, pg, shutdown, snapshot
 from cdc.cli import metrics_options, settings_options
 from cdc.config import ServerDown, Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, PostgresUnavailable, UsageError
@@ -275,6 +275,8 @@ def _ledger_status(conn: Any) -> dict[str, Any]:
         "worker_running": bool(row[7]),
         "tables": len(tables_state),
         "tables_missing_triggers": [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy],
+        # partitions or children out of step with capture, dropped members: each with what to run
+        "hierarchy_problems": hierarchy.problems(conn),
     }
 
 
@@ -368,6 +370,7 @@ def status_command(settings: Settings, as_json: bool, max_backlog: int | None, m
     problems = [down for down in (pg_down, target_down) if down]
     if report.get("tables_missing_triggers"):
         problems.append("captured tables lost their triggers: " + ", ".join(report["tables_missing_triggers"]))
+    problems.extend(report.get("hierarchy_problems", []))
     if max_backlog is not None and report.get("backlog_changes", 0) > max_backlog:
         problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
     if max_lag is not None and report.get("oldest_change_age_s", 0) > max_lag:
