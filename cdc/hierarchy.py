@@ -248,9 +248,17 @@ def reconcile(conn: psycopg.Connection[Any], found: Sequence[Drift]) -> list[str
 
 
 def clear_dropped(conn: psycopg.Connection[Any], root_relid: int) -> None:
-    """After a clean verify of the root: what was left of its dropped members is gone."""
-    if has_parts_table(conn):
-        conn.execute("DELETE FROM cdc.captured_parts WHERE root_relid = %s AND dropped_at IS NOT NULL", [root_relid])
+    """After a clean verify of the root: what was left of its dropped members is gone. Writes only
+    when there is something to clear (the worker role may read the list, not change it)."""
+    if not has_parts_table(conn):
+        return
+    gone = (
+        "p.root_relid = %s"
+        " AND (p.dropped_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = p.relid))"
+    )
+    found = conn.execute(f"SELECT EXISTS (SELECT 1 FROM cdc.captured_parts p WHERE {gone})", [root_relid]).fetchone()
+    if found and found[0]:
+        conn.execute(f"DELETE FROM cdc.captured_parts p WHERE {gone}", [root_relid])
 
 
 def problems(conn: psycopg.Connection[Any]) -> list[str]:
