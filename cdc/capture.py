@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import hierarchy, pg, sqlfiles, tables, triggers
+from cdc import hierarchy, mapping, pg, sqlfiles, tables, triggers
 from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
 from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
@@ -63,13 +63,31 @@ def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set
     )
 
 
-def _install_table(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool = False) -> None:
+def _install_table(
+    conn: psycopg.Connection[Any],
+    table: TableInfo,
+    notify: bool,
+    set_exclusions: bool = False,
+    joins: Sequence[str] = (),
+) -> None:
     """Capture one table and every partition and child it has, recording under it."""
     known = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [table.relid]).fetchone() is not None
-    triggers.create_root_functions(conn, table, notify)
+    triggers.create_root_functions(conn, table, notify, joins)
     _register(conn, table, notify, set_exclusions)
     for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
         log.info("%s", line, extra={"action": "install_part", "table": table.display})
+
+
+def _model(
+    conn: psycopg.Connection[Any], mapping_file: tuple[str, str] | None, installed: mapping.DocumentModel | None
+) -> tuple[mapping.DocumentModel | None, str]:
+    """The model to install: the file's, none (``"none"``), or the installed one kept."""
+    if mapping_file is None:
+        return installed, ""
+    filename, text = mapping_file
+    if filename == mapping.NO_MAPPING:
+        return None, filename
+    return mapping.resolve(conn, mapping.parse(text, filename), filename, text), filename
 
 
 def _refuse_member(conn: psycopg.Connection[Any], relid: int, display: str) -> None:
@@ -92,6 +110,8 @@ def install(
     notify: bool = True,
     exclude: Sequence[str] | None = None,
     grant: str | None = None,
+    mapping_file: tuple[str, str] | None = None,
+    reshaped: list[str] | None = None,
 ) -> list[TableInfo]:
     """Create the outbox and ledger, and capture ``table_names``; idempotent, all or nothing.
 
@@ -100,12 +120,24 @@ def install(
     partitions and children (captured with their parent). ``exclude`` names columns left out of
     capture (``table.column`` or ``schema.table.column``); when given, it replaces the stored
     exclusions of every table installed here (an empty list clears them); when None, the stored
-    exclusions stay. ``grant`` names the worker role to grant what it needs. Everything happens in
-    one transaction: a refused table or a failed grant leaves nothing done.
+    exclusions stay. ``grant`` names the worker role to grant what it needs.
+
+    ``mapping_file`` is (filename, TOML text) of a document model (``cdc.mapping``), or
+    (``"none"``, "") to remove the installed one; None keeps what is installed. With a model and no
+    ``table_names``, the model's tables are captured. The names of the collections whose shape
+    changed are appended to ``reshaped``. Everything happens in one transaction: a refused table, an
+    invalid mapping or a failed grant leaves nothing done.
     """
     with pg.translated("installing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
-        relids = tables.find_all(conn, table_names, schema)
+        old_model = mapping.load(conn) if is_installed(conn) else None
+        model, mapping_name = _model(conn, mapping_file, old_model)
+        relids = (
+            [t.relid for t in model.tables()]
+            if model is not None and table_names is None and mapping_file is not None
+            else tables.find_all(conn, table_names, schema)
+        )
+        relids += [t.relid for t in (model.tables() if model is not None else []) if t.relid not in relids]
         complete = []
         for relid in relids:
             info = tables.describe(conn, relid, excluded=())
@@ -125,8 +157,13 @@ def install(
                 raise ConfigError(f"cannot capture: {reason}")
             found.append(info)
         conn.execute(sqlfiles.queries("capture.sql")["install_base"].text.encode())
+        if mapping_file is not None:
+            mapping.store(conn, model, mapping_name)
+            if reshaped is not None and model is not None:
+                reshaped += mapping.collections_changed(old_model, model)
         for info in found:
-            _install_table(conn, info, notify, set_exclusions=chosen is not None)
+            joins = model.join_columns(info.relid) if model is not None else ()
+            _install_table(conn, info, notify, set_exclusions=chosen is not None, joins=joins)
             log.info("capturing %s", info.display, extra={"action": "install_table", "table": info.display})
         if grant:
             grant_worker(conn, grant, found)

@@ -326,3 +326,50 @@ def epoch_ms(moment: dt.datetime) -> int:
     """Milliseconds since the epoch (for tests and messages)."""
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_json(rule: ColumnRule, value: Any) -> Any:
+    """A column value as PostgreSQL's ``to_json`` of ``read_expression`` gave it (numbers parsed as
+    Decimal), turned into what psycopg's loader would have returned, for ``expected_value``."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [from_json(rule, item) for item in value]
+    base = rule.base
+    if rule.enum:
+        return value
+    if base in ("numeric", "money"):
+        return decimal.Decimal(str(value))
+    if base in _FLOATS:
+        return float(value)
+    if base in _INT32 or base == "bigint":
+        return int(value)
+    if base == "bytea":
+        return bytes.fromhex(str(value)[2:])
+    return value
+
+
+def where_differs(stored: Any, wanted: Any, path: str = "") -> str | None:
+    """The first path (``songs[3].song.title``) where ``stored`` differs from ``wanted``, or None."""
+    if isinstance(wanted, dict) and isinstance(stored, dict):
+        for name, item in wanted.items():
+            if name not in stored:
+                return f"{path}.{name}".lstrip(".") + " (missing)"
+            found = where_differs(stored[name], item, f"{path}.{name}")
+            if found is not None:
+                return found.lstrip(".")
+        extra = [name for name in stored if name not in wanted and not (path == "" and name == "_cdc")]
+        if extra:
+            return f"{path}.{extra[0]}".lstrip(".") + " (not expected)"
+        if [n for n in stored if n in wanted] != list(wanted):
+            return (path or "(document)") + " (field order)"
+        return None
+    if isinstance(wanted, list) and isinstance(stored, list):
+        for index, (a, b) in enumerate(zip(stored, wanted, strict=False)):
+            found = where_differs(a, b, f"{path}[{index}]")
+            if found is not None:
+                return found
+        if len(stored) != len(wanted):
+            return f"{path} (length {len(stored)}, expected {len(wanted)})"
+        return None
+    return None if _same(stored, wanted) else (path.lstrip(".") or "(value)")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 from pymongo.database import Database
 
-from cdc import capture, faults, pg, tables
+from cdc import capture, faults, mapping, pg, tables
 from cdc.errors import ConfigError, PostgresUnavailable
 from cdc.tables import TableInfo
 
@@ -53,7 +54,7 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
     return found
 
 
-def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Progress) -> int:
+def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Progress, op: str = "k") -> int:
     """Put every key of ``table`` into the outbox, ``CHUNK`` keys per outbox row; returns keys.
 
     Each page is read ``FOR SHARE``: a writer still holding one of its rows (its change already
@@ -75,7 +76,7 @@ def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Pro
         ).format(
             key_text=key_text, key=key, table=table.qualified, after=page_after if last is not None else sql.SQL("")
         )
-        rows = _enqueue_page(conn, table, page, params)
+        rows = _enqueue_page(conn, table, page, params, op)
         if not rows:
             return total
         faults.point("snapshot_chunk")
@@ -85,7 +86,7 @@ def enqueue_table(conn: psycopg.Connection[Any], table: TableInfo, progress: Pro
 
 
 def _enqueue_page(
-    conn: psycopg.Connection[Any], table: TableInfo, page: sql.Composed, params: dict[str, Any]
+    conn: psycopg.Connection[Any], table: TableInfo, page: sql.Composed, params: dict[str, Any], op: str = "k"
 ) -> list[tuple[Any, ...]]:
     """One page in one transaction; a deadlock with a writer (we hold share locks) is tried again."""
     for attempt in range(1, PAGE_ATTEMPTS + 1):
@@ -94,8 +95,8 @@ def _enqueue_page(
                 rows: list[tuple[Any, ...]] = conn.execute(page, params).fetchall()
                 if rows:
                     conn.execute(
-                        "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)",
-                        [table.relid, [row[0] for row in rows]],
+                        "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, %s, %s)",
+                        [table.relid, op, [row[0] for row in rows]],
                     )
                 conn.commit()
                 return rows
@@ -145,5 +146,54 @@ def prepare(
     fast = empty_collections(database, tables_)
     total = sum(enqueue_table(conn, table, progress) for table in tables_)
     for table in tables_:
+        create_indexes(conn, database, table)
+    return total, fast
+
+
+@dataclass(frozen=True)
+class Target:
+    """One collection a snapshot rebuilds: a captured table's own collection (op ``k``), or a mapped
+    collection, rebuilt by refreshing every root of its root table (op ``r``: a root refresh that
+    does not walk up into the documents embedding the table)."""
+
+    collection: str
+    table: TableInfo
+    op: str
+    mapped: mapping.Collection | None = None  # the model's collection (op ``r``)
+
+
+def targets(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[Target]:
+    """The collections to rebuild: all, or those named (a collection, or a captured table's name)."""
+    model = mapping.load(conn)
+    in_model = {table.relid for table in model.tables()} if model is not None else set()
+    found = [Target(t.collection, t, "k") for t in captured(conn, None) if t.relid not in in_model]
+    if model is not None:
+        found += [Target(c.name, c.root.table, "r", c) for c in model.collections]
+    if not names:
+        return found
+    chosen = [t for t in found if t.collection in names or f"{t.table.schema}.{t.table.name}" in names]
+    missing = set(names) - {t.collection for t in chosen} - {f"{t.table.schema}.{t.table.name}" for t in chosen}
+    if missing:
+        known = ", ".join(sorted(t.collection for t in found))
+        raise ConfigError(f"no such collection: {', '.join(sorted(missing))} (collections: {known})")
+    return chosen
+
+
+def prepare_targets(
+    conn: psycopg.Connection[Any], database: Database[Any], chosen: Sequence[Target], progress: Progress
+) -> tuple[int, set[str]]:
+    """Enqueue what rebuilds ``chosen`` (each root table once) and create the mirrors' indexes.
+
+    Returns the keys enqueued and the table collections that were empty before (the insert path;
+    never a mapped collection, whose roots may be refreshed by several batches of one snapshot)."""
+    mirrors = [t.table for t in chosen if t.op == "k"]
+    fast = empty_collections(database, mirrors)
+    total = 0
+    done: set[tuple[int, str]] = set()
+    for target in chosen:
+        if (target.table.relid, target.op) not in done:
+            done.add((target.table.relid, target.op))
+            total += enqueue_table(conn, target.table, progress, target.op)
+    for table in mirrors:
         create_indexes(conn, database, table)
     return total, fast

@@ -14,6 +14,7 @@ fires the truncate triggers of every partition and child it empties, so nothing 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -54,7 +55,12 @@ def _wake(notify: bool) -> sql.Composable:
     return sql.SQL("PERFORM pg_notify({}, 'wake');").format(sql.Literal(NOTIFY_CHANNEL)) if notify else sql.SQL("")
 
 
-def _row_function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Composable:
+def joins_type_name(relid: int) -> sql.Identifier:
+    """The composite type that parses recorded old join values back into typed columns."""
+    return sql.Identifier("cdc", f"joins_{relid}")
+
+
+def _row_function_body(table: TableInfo, prefix: str, notify: bool, joins: Sequence[str]) -> sql.Composable:
     key = key_text(table, "r")
     new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
     old_keys = sql.SQL("SELECT {} AS k FROM cdc_old AS r").format(key)
@@ -64,11 +70,19 @@ def _row_function_body(table: TableInfo, prefix: str, notify: bool) -> sql.Compo
         # the new keys, plus the old keys that no longer exist: a changed primary key becomes a delete
         "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
     }[prefix]
+    # a mapped table's old join values: the documents that held its rows before (cdc/documents.py)
+    old_joins = (
+        sql.SQL("(SELECT array_agg(DISTINCT ROW({})::text) FROM cdc_old AS r)").format(
+            sql.SQL(", ").join(sql.Identifier("r", column) for column in joins)
+        )
+        if joins and prefix != "ins"
+        else sql.SQL("NULL")
+    )
     # HAVING skips statements that touched no row
     return sql.SQL(
-        "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k) FROM ({}) AS changed"
+        "INSERT INTO cdc.outbox (relid, op, keys, joins) SELECT {}, 'k', array_agg(k), {} FROM ({}) AS changed"
         " HAVING count(*) > 0; {}"
-    ).format(sql.Literal(table.relid), selects, _wake(notify))
+    ).format(sql.Literal(table.relid), old_joins, selects, _wake(notify))
 
 
 def _truncate_body(root: TableInfo, target: sql.Identifier | None, notify: bool) -> sql.Composable:
@@ -105,8 +119,11 @@ def _create_function(
     )
 
 
-def create_root_functions(conn: psycopg.Connection[Any], root: TableInfo, notify: bool) -> None:
-    """The key type (composite keys) and the insert, update and delete functions of a captured table."""
+def create_root_functions(
+    conn: psycopg.Connection[Any], root: TableInfo, notify: bool, joins: Sequence[str] = ()
+) -> None:
+    """The key type (composite keys), the join type (mapped tables) and the insert, update and delete
+    functions of a captured table; ``joins`` are the columns whose old values are recorded."""
     if len(root.key_columns) > 1:
         fields = sql.SQL(", ").join(
             sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(root.key_type(column)))
@@ -114,9 +131,16 @@ def create_root_functions(conn: psycopg.Connection[Any], root: TableInfo, notify
         )
         conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root.relid)))
         conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(key_type_name(root.relid), fields))
+    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(joins_type_name(root.relid)))
+    if joins:
+        fields = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(root.key_type(column))) for column in joins
+        )
+        conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(joins_type_name(root.relid), fields))
     for _event, _referencing, prefix in TRIGGERS.values():
         if prefix != "trunc":
-            _create_function(conn, function_name(prefix, root.relid), root, _row_function_body(root, prefix, notify))
+            body = _row_function_body(root, prefix, notify, joins)
+            _create_function(conn, function_name(prefix, root.relid), root, body)
 
 
 def attach(
@@ -156,3 +180,4 @@ def drop_root_functions(conn: psycopg.Connection[Any], root_relid: int) -> None:
     for _event, _referencing, prefix in TRIGGERS.values():
         conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_name(prefix, root_relid)))
     conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root_relid)))
+    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(joins_type_name(root_relid)))

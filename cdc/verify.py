@@ -16,7 +16,7 @@ import datetime as dt
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,9 @@ from psycopg import sql
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from cdc import expected, pg
+from cdc import expected, expected_documents, pg
 from cdc.expected import ColumnRule
+from cdc.mapping import Collection
 from cdc.tables import TableInfo
 from cdc.triggers import key_text
 
@@ -120,13 +121,16 @@ def _rows(conn: psycopg.Connection[Any], table: TableInfo, column_rules: list[Co
         yield from cur
 
 
-def _passes(database: Database[Any], table: TableInfo, budget: int) -> int:
+def _passes(database: Database[Any], name: str, budget: int) -> int:
     """How many passes keep each one's documents under ``budget`` bytes (the collection's data size)."""
     try:
-        size = int(database.command("collStats", table.collection).get("size", 0))
+        size = int(database.command("collStats", name).get("size", 0))
     except PyMongoError:
         size = 0
     return max(1, math.ceil(size / budget))
+
+
+Wanted = tuple[str, Any, dict[str, Any]]  # (outbox key text, _id, the expected document)
 
 
 def compare_table(
@@ -138,13 +142,55 @@ def compare_table(
     progress: Progress | None = None,
 ) -> TableDiff:
     """Run inside a REPEATABLE READ transaction for a consistent PostgreSQL side."""
-    diff = TableDiff(table.display)
-    collection = database.get_collection(table.collection, codec_options=_raw_options())
     column_rules = rules(table)
     by_name = {rule.name: rule for rule in column_rules}
     key_rules = [by_name[name] for name in table.key_columns]
     key_at = [[rule.name for rule in column_rules].index(name) for name in table.key_columns]
-    diff.passes = _passes(database, table, budget)
+
+    def wanted() -> Iterator[Wanted]:
+        for row in _rows(conn, table, column_rules):
+            document_id = expected.expected_id(key_rules, [row[1 + index] for index in key_at])
+            document = {"_id": document_id}
+            for rule, value in zip(column_rules, row[1:], strict=True):
+                document[rule.name] = expected.expected_value(rule, value)
+            yield row[0], document_id, document
+
+    return _join(
+        TableDiff(table.display), database, table.collection, wanted, budget=budget, progress=progress, nested=False
+    )
+
+
+def compare_collection(
+    conn: psycopg.Connection[Any],
+    database: Database[Any],
+    collection: Collection,
+    *,
+    budget: int = MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> TableDiff:
+    """A mapped collection: every document against the one PostgreSQL builds (``expected_documents``),
+    element by element; differences name the first differing path (``songs[3].song.title``)."""
+
+    def wanted() -> Iterator[Wanted]:
+        yield from expected_documents.rows(conn, collection)
+
+    diff = TableDiff(collection.name)
+    return _join(diff, database, collection.name, wanted, budget=budget, progress=progress, nested=True)
+
+
+def _join(
+    diff: TableDiff,
+    database: Database[Any],
+    name: str,
+    wanted: Callable[[], Iterator[Wanted]],
+    *,
+    budget: int,
+    progress: Progress | None,
+    nested: bool,
+) -> TableDiff:
+    """The hash join: documents of the pass in memory (raw BSON), PostgreSQL's rows streamed past them."""
+    collection = database.get_collection(name, codec_options=_raw_options())
+    diff.passes = _passes(database, name, budget)
     for this_pass in range(diff.passes):
         stored: dict[bytes, RawBSONDocument] = {}
         for document in collection.find({}).batch_size(_FETCH):
@@ -152,13 +198,12 @@ def compare_table(
             if _pass_of(key, diff.passes) == this_pass:
                 stored[key] = document
         diff.documents += len(stored)
-        for row in _rows(conn, table, column_rules):
-            document_id = expected.expected_id(key_rules, [row[1 + index] for index in key_at])
-            key = _id_key(document_id)
+        for repair_key, document_id, document in wanted():
+            key = _id_key(expected.bsonable(document_id))
             if _pass_of(key, diff.passes) != this_pass:
                 continue
             diff.rows += 1
-            _compare_row(diff, column_rules, row, document_id, stored.pop(key, None))
+            _compare(diff, (repair_key, document_id, document), stored.pop(key, None), nested=nested)
             if progress is not None and diff.rows % 1000 == 0:
                 progress(1000)
         for document in stored.values():
@@ -170,33 +215,34 @@ def compare_table(
     return diff
 
 
-def _compare_row(
-    diff: TableDiff,
-    column_rules: list[ColumnRule],
-    row: tuple[Any, ...],
-    document_id: Any,
-    found: RawBSONDocument | None,
-) -> None:
-    wanted = {"_id": document_id}
-    for rule, value in zip(column_rules, row[1:], strict=True):
-        wanted[rule.name] = expected.expected_value(rule, value)
+def _compare(diff: TableDiff, row: Wanted, found: RawBSONDocument | None, *, nested: bool) -> None:
+    repair_key, document_id, wanted = row
     if found is None:
         if _too_large(wanted):
-            diff.missing.append(f"key {row[0]} (cannot be carried: over 16 MiB, see rejected.jsonl)")
+            diff.missing.append(f"key {repair_key} (cannot be carried: over 16 MiB, see rejected.jsonl)")
         else:
             diff.missing.append(document_id)
-        diff.repair_keys.append(row[0])
+        diff.repair_keys.append(repair_key)
         return
     decoded = bson.decode(found.raw, codec_options=_codec_options())
-    changed = list(expected.differences(decoded, wanted))
-    if not changed:
-        return
+    if nested:
+        path = expected.where_differs(decoded, wanted)
+        if path is None:
+            return
+        changed = [path]
+    else:
+        items = list(expected.differences(decoded, wanted))
+        if not items:
+            return
+        changed = [item.field for item in items]
+        if len(diff.details) < EXAMPLES * 3:
+            diff.details += [f"{_show(document_id)} {item.describe()}" for item in items[:3]]
     diff.different.append(document_id)
-    diff.repair_keys.append(row[0])
-    for item in changed:
-        diff.fields[item.field] = diff.fields.get(item.field, 0) + 1
-    if len(diff.details) < EXAMPLES * 3:
-        diff.details += [f"{_show(document_id)} {item.describe()}" for item in changed[:3]]
+    diff.repair_keys.append(repair_key)
+    for field_name in changed:
+        diff.fields[field_name] = diff.fields.get(field_name, 0) + 1
+    if nested and len(diff.details) < EXAMPLES * 3:
+        diff.details.append(f"{_show(document_id)} first difference at {changed[0]}")
 
 
 def _too_large(wanted: dict[str, Any]) -> bool:
@@ -211,14 +257,19 @@ def _too_large(wanted: dict[str, Any]) -> bool:
 def verify(
     conn: psycopg.Connection[Any],
     database: Database[Any],
-    tables_: list[TableInfo],
+    tables_: Sequence[TableInfo | Collection],
     *,
     budget: int = MEMORY_BUDGET,
     progress: Progress | None = None,
 ) -> list[TableDiff]:
+    """Each captured table's own collection, or mapped collection, in turn."""
     diffs = []
-    for table in tables_:
-        with pg.translated(f"verifying {table.display}"):
-            diffs.append(compare_table(conn, database, table, budget=budget, progress=progress))
-            conn.commit()
+    for item in tables_:
+        if isinstance(item, Collection):
+            with pg.translated(f"verifying collection {item.name}"):
+                diffs.append(compare_collection(conn, database, item, budget=budget, progress=progress))
+        else:
+            with pg.translated(f"verifying {item.display}"):
+                diffs.append(compare_table(conn, database, item, budget=budget, progress=progress))
+        conn.commit()
     return diffs

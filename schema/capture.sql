@@ -72,6 +72,25 @@ CREATE TABLE IF NOT EXISTS cdc.captured_parts (
     dropped_at  timestamptz
 );
 
+-- The document model (cdc/mapping.py): the mapping file as installed, so the worker never reads a
+-- file that changed under it. At most one row. No row: every captured table is a collection of its own.
+CREATE TABLE IF NOT EXISTS cdc.mapping (
+    only_one     boolean     PRIMARY KEY DEFAULT true CHECK (only_one),
+    filename     text        NOT NULL,
+    source       text        NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+-- Old join values (ROW(...)::text of a mapped table's join columns, from the OLD transition table):
+-- gone by drain time, they name the documents that held a row before it moved or went.
+ALTER TABLE cdc.outbox ADD COLUMN IF NOT EXISTS joins text[];
+ALTER TABLE cdc.batch_changes ADD COLUMN IF NOT EXISTS joins text[];
+-- A batch's version: a value of cdc.position_seq taken when it is claimed, inside the exporters'
+-- turn, so versions follow the order of the snapshots batches read. Mapped documents carry it.
+ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS version bigint;
+-- op 'r': a snapshot's refresh of a mapped collection's roots (no walk up into embedding documents)
+ALTER TABLE cdc.outbox DROP CONSTRAINT IF EXISTS outbox_op_check;
+ALTER TABLE cdc.outbox ADD CONSTRAINT outbox_op_check CHECK (op IN ('k', 't', 'r'));
+
 -- name: table_columns
 -- kind: report
 -- Columns of one table in attnum order, with what the codec needs to map them. A column's type is

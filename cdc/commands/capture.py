@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cdc import capture, pg, tables
+from cdc import capture, mapping, pg, tables
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, UsageError
@@ -48,9 +48,20 @@ def _table_list(text: str | None) -> list[str] | None:
     help="Columns never captured (personal data), as TABLE.COLUMN or SCHEMA.TABLE.COLUMN. Replaces the "
     "stored exclusions of the tables installed ('' clears them); left out, they stay as they are.",
 )
+@click.option(
+    "--mapping",
+    "mapping_path",
+    metavar="FILE",
+    envvar="CDC_MAPPING",
+    show_envvar=True,
+    help='A document model (TOML; see the README, "Document model"): collections rooted at tables with'
+    " rows of other tables embedded. Stored in PostgreSQL; 'none' removes the installed one. Left out, the"
+    " installed mapping (if any) stays.",
+)
 def install(
     settings: Settings,
     *,
+    mapping_path: str | None,
     table_list: str | None,
     schema: str,
     notify: bool,
@@ -76,15 +87,38 @@ def install(
     """
     exclude = None if exclude_list is None else [name.strip() for name in exclude_list.split(",") if name.strip()]
     names = _table_list(table_list)
+    mapping_file = None
+    if mapping_path is not None:
+        mapping_file = (
+            (mapping.NO_MAPPING, "") if mapping_path == mapping.NO_MAPPING else mapping.read_file(mapping_path)
+        )
+    reshaped: list[str] = []
     with pg.connect(settings.pg_dsn()) as conn:
-        if names is None:
+        if names is None and mapping_file is None:
             found = [tables.describe(conn, relid, excluded=()) for relid in tables.find_all(conn, None, schema)]
             click.echo(
                 f"no --tables given: capturing every table with a primary key in schema {schema}: "
                 + ", ".join(info.display for info in found if info is not None)
             )
-        installed = capture.install(conn, names, schema=schema, notify=notify, exclude=exclude, grant=grant_role)
+        installed = capture.install(
+            conn,
+            names,
+            schema=schema,
+            notify=notify,
+            exclude=exclude,
+            grant=grant_role,
+            mapping_file=mapping_file,
+            reshaped=reshaped,
+        )
     click.echo("capturing: " + ", ".join(table.display for table in installed))
+    if mapping_file is not None:
+        click.echo(f"mapping: {mapping_file[0]}")
+    if reshaped:
+        click.echo(
+            "collections whose shape changed: "
+            + ", ".join(reshaped)
+            + f"; rebuild them with `cdc snapshot --collections {','.join(reshaped)}`"
+        )
     for table in installed:
         if table.excluded:
             click.echo(f"excluded from {table.display}: " + ", ".join(table.excluded))

@@ -98,7 +98,13 @@ def run(
 
 @click.command(name="snapshot")
 @settings_options
-@click.option("--tables", "table_list", metavar="A,B", help="Only these captured tables [default: all].")
+@click.option(
+    "--collections",
+    "--tables",
+    "collection_list",
+    metavar="A,B",
+    help="Only these collections (a mapped collection, or a captured table's own) [default: all].",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -106,23 +112,25 @@ def run(
     show_default=True,
     help="Keys per batch (the next batch is exported while one is applied).",
 )
-def snapshot_command(settings: Settings, table_list: str | None, batch_size: int) -> None:
+def snapshot_command(settings: Settings, collection_list: str | None, batch_size: int) -> None:
     """Full migration of the captured tables (or some of them) to MongoDB, through the archive.
 
     Every key is enqueued into the outbox in keyset-paginated chunks, then drained and applied
-    like any change, so it is consistent with a workload running meanwhile. Empty collections take
-    the insert path. Creates non-unique indexes for the foreign-key columns (never unique ones:
-    PostgreSQL enforces uniqueness, and a swap of unique values inside one batch would jam the
-    applier). Needs the worker lock: stop `cdc run` first, or let it apply the enqueued keys.
+    like any change, so it is consistent with a workload running meanwhile. A mapped collection
+    (`cdc install --mapping`) is rebuilt by refreshing every row of its root table: each document
+    is read whole. Empty table collections take the insert path. Creates non-unique indexes for
+    the foreign-key columns (never unique ones: PostgreSQL enforces uniqueness, and a swap of
+    unique values inside one batch would jam the applier). Needs the worker lock: stop `cdc run`
+    first, or let it apply the enqueued keys.
     """
-    names = [name.strip() for name in table_list.split(",")] if table_list else None
+    names = [name.strip() for name in collection_list.split(",")] if collection_list else None
     dsn = settings.pg_dsn()
     applier = _applier(settings)
     with pg.connect(dsn) as conn:
         _require_capture(conn)
-        chosen = snapshot.captured(conn, names)
+        chosen = snapshot.targets(conn, names)
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
-            total, fast = snapshot.prepare(conn, applier.database, chosen, progress)
+            total, fast = snapshot.prepare_targets(conn, applier.database, chosen, progress)
     worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size)
     worker.fast_insert = fast
     if not worker.acquire(wait=False):
@@ -137,7 +145,7 @@ def snapshot_command(settings: Settings, table_list: str | None, batch_size: int
     finally:
         worker.release()
     click.echo(
-        f"snapshot: {total} rows of {len(chosen)} tables in {worker.stats.batches} batches "
+        f"snapshot: {total} rows of {len(chosen)} collections in {worker.stats.batches} batches "
         f"({worker.stats.rejected} rejected)"
     )
 

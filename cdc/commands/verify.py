@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from cdc import capture, dql_mongo, drain, hierarchy, mongo, snapshot, verify
 from cdc.cli import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
+from cdc.mapping import Collection
 from cdc.progress import track
 from cdc.sink import Applier
 from cdc.tables import TableInfo
@@ -46,16 +48,16 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
     with drain.drain_connection(dsn) as conn:
         _require_capture(conn)
         names = [name.strip() for name in table_list.split(",")] if table_list else None
-        chosen = snapshot.captured(conn, names)
+        chosen = [target.mapped or target.table for target in snapshot.targets(conn, names)]
         diffs = verify_tables(conn, database, chosen)
         if repair and not all(diff.clean for diff in diffs):
             _repair(settings, conn, database, chosen, diffs)
             diffs = verify_tables(conn, database, chosen, step="verify again")
-        for table, diff in zip(chosen, diffs, strict=True):
-            if diff.clean:  # what was left of dropped partitions or children is gone
-                hierarchy.clear_dropped(conn, table.relid)
+        for item, diff in zip(chosen, diffs, strict=True):
+            if diff.clean and isinstance(item, TableInfo):  # what was left of dropped partitions is gone
+                hierarchy.clear_dropped(conn, item.relid)
         conn.commit()
-        orininu_captured = {"songs", "user_interaction"} <= {table.name for table in chosen}
+        orininu_captured = {"songs", "user_interaction"} <= {t.name for t in chosen if isinstance(t, TableInfo)}
         queries = dql_mongo.compare(conn, database) if orininu_captured else []
     summaries = [diff.summary() for diff in diffs]
     dql = [
@@ -98,25 +100,31 @@ def _print_report(summaries: list[dict[str, Any]], queries: list[dql_mongo.DqlCo
             click.echo(f"    mongodb:    {query.mongodb}")
 
 
-def verify_tables(conn: Any, database: Any, chosen: list[TableInfo], *, step: str = "verify") -> list[verify.TableDiff]:
-    """``verify.verify`` one table at a time, with progress in rows compared."""
+def verify_tables(
+    conn: Any, database: Any, chosen: Sequence[TableInfo | Collection], *, step: str = "verify"
+) -> list[verify.TableDiff]:
+    """``verify.verify`` one table (or mapped collection) at a time, with progress in rows compared."""
     diffs = []
     with track(step, unit="rows", scale=True, logger=log) as progress:
-        for table in chosen:
-            progress.note(table.display)
-            diffs += verify.verify(conn, database, [table], progress=progress.update)
+        for item in chosen:
+            progress.note(item.name if isinstance(item, Collection) else item.display)
+            diffs += verify.verify(conn, database, [item], progress=progress.update)
     return diffs
 
 
 def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:
-    for table, diff in zip(chosen, diffs, strict=True):
+    for item, diff in zip(chosen, diffs, strict=True):
+        # a mapped collection's roots are refreshed (op 'r'): each document read whole again
+        relid, op, name = (
+            (item.root.table.relid, "r", item.name)
+            if isinstance(item, Collection)
+            else (item.relid, "k", item.collection)
+        )
         if diff.repair_keys:
-            conn.execute(
-                "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, 'k', %s)", [table.relid, diff.repair_keys]
-            )
+            conn.execute("INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, %s, %s)", [relid, op, diff.repair_keys])
         for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
             # guarded by the position verify saw: a document the worker rewrote since then stays
-            database[table.collection].delete_one({"_id": key, "_cdc": seen})
+            database[name].delete_one({"_id": key, "_cdc": seen})
     conn.commit()
     worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
     if not worker.acquire(wait=True):
