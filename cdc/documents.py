@@ -193,7 +193,8 @@ def touched_keys(conn: psycopg.Connection[Any], collection: Collection) -> Itera
     with conn.cursor(name="cdc_roots") as cur:
         cur.itersize = CHUNK
         cur.execute(
-            sql.SQL("SELECT DISTINCT key FROM {} WHERE collection = %s ORDER BY key").format(_ROOTS_TABLE), [collection.name]
+            sql.SQL("SELECT DISTINCT key FROM {} WHERE collection = %s ORDER BY key").format(_ROOTS_TABLE),
+            [collection.name],
         )
         chunk: list[str] = []
         for (key,) in cur:
