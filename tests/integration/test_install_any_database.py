@@ -77,7 +77,9 @@ def test_uninstall_one_table_leaves_the_others(env, dbs, cdc):
     assert capture_triggers(dbs.pg_dsn) == {"albums"}
     with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO artists (artist_id, name) VALUES (1, 'not captured')")
-        conn.execute("INSERT INTO albums (album_id, artist_id, title, release_date) VALUES (1, 1, 'captured', '2024-01-01')")
+        conn.execute(
+            "INSERT INTO albums (album_id, artist_id, title, release_date) VALUES (1, 1, 'captured', '2024-01-01')"
+        )
         counts = conn.execute("SELECT count(*) FROM cdc.outbox").fetchone()
     assert counts == (1,)
     no = cdc("uninstall", "--tables", "albums", env=env)  # no answer on stdin: not confirmed
