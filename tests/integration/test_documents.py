@@ -73,7 +73,9 @@ STEPS = [
     ("a referenced row's join column unset", ["UPDATE parents SET owner_id = NULL WHERE id = 4"]),
     ("a third-level row unset from its parent", ["UPDATE notes SET child_id = NULL WHERE id IN (1, 2, 3)"]),
     ("a third-level row moved", ["UPDATE notes SET child_id = 5 WHERE id = 4"]),
-    ("a new child with notes", ["INSERT INTO children VALUES (31, 1, 99, 'new', 2)", "INSERT INTO notes VALUES (61, 31, 'n')"]),
+    ("a new child with notes", [
+        "INSERT INTO children VALUES (31, 1, 99, 'new', 2)", "INSERT INTO notes VALUES (61, 31, 'n')",
+    ]),
     ("a child hidden by the where clause", ["UPDATE children SET label = 'hidden now' WHERE id = 7"]),
     ("a cascaded delete of a parent", ["DELETE FROM parents WHERE id = 6"]),
     ("a cascaded delete of a child", ["DELETE FROM children WHERE id = 8"]),
@@ -196,7 +198,8 @@ BAD_MAPPINGS = [
     ('[collections.x]\ntable = "nosuch"', "collections.x.table", "does not exist"),
     ('[collections.x]\ntable = "parents"\nfields = ["nope"]', "collections.x.fields", "no column 'nope'"),
     (
-        '[collections.x]\ntable = "parents"\n[collections.x.embed.c]\ntable = "children"\non = { label = "id" }\nmany = true',
+        '[collections.x]\ntable = "parents"\n[collections.x.embed.c]\ntable = "children"\n'
+        'on = { label = "id" }\nmany = true',
         "collections.x.embed.c.on",
         "different types",
     ),
