@@ -232,3 +232,16 @@ def test_a_bad_mapping_is_refused_naming_file_and_key_path_and_nothing_is_instal
     assert str(bad) in refused.stderr and path in refused.stderr and problem in refused.stderr
     with psycopg.connect(dbs.pg_dsn) as conn:
         assert conn.execute("SELECT to_regclass('cdc.outbox')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    "fault", ["after_claim", "mid_archive", "before_commit", "after_commit", "mid_bulk_write", "before_mark_applied"]
+)
+def test_worker_killed_at_a_fault_point_with_a_mapping_loses_nothing(env, dbs, cdc, fault):
+    assert cdc("install", env=env).returncode == 0
+    assert cdc("snapshot", env=env).returncode == 0
+    run_sql(dbs.pg_dsn, *STEPS[0][1], *STEPS[6][1], "UPDATE tags SET name = 'before the crash' WHERE id = 1")
+    crashed = cdc("run", "--once", env={**env, "CDC_FAULT_POINT": fault})
+    assert crashed.returncode == -9, (crashed.returncode, crashed.stderr)
+    run_sql(dbs.pg_dsn, "UPDATE children SET parent_id = 4 WHERE id = 31", "DELETE FROM notes WHERE id = 61")
+    _drain_and_verify(cdc, env, f"after a kill at {fault}")
