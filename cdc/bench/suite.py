@@ -29,7 +29,7 @@ from psycopg import sql
 from pymongo import ReplaceOne
 
 from cdc import archive, capture, drain, mongo, pg, snapshot
-from cdc.bench import capture_cost
+from cdc.bench import capture_cost, documents
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
 from cdc.sink import Applier
@@ -71,6 +71,9 @@ TARGETS = {
     "notify_latency_p99_ms": ("<=", 250),
     "incremental_vs_full": ("<=", 0.05),
     "export_rss_ratio": ("<=", 1.5),
+    # the document model (issue 14): a full rebuild's source rows/s against export_changes_per_s
+    "mapped_export_vs_export": (">=", 0.5),
+    "mapped_incremental_vs_full": ("<=", 0.05),
 }
 
 
@@ -410,6 +413,9 @@ def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None], s
     report.update(notify_latency(dsn, mongo_uri, sizes.latency_seconds))
     progress("export RSS")
     report.update(export_rss(dsn, *sizes.rss_rows))
+    progress("document model")
+    report.update(documents.measure(dsn, mongo_uri, playlists=max(20, sizes.rows // 10)))
+    report["mapped_export_vs_export"] = report["mapped_export_rows_per_s"] / report["export_changes_per_s"]
     with pg.connect(dsn) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
         conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])
