@@ -16,10 +16,12 @@ folder fsynced. A crash leaves at worst a ``.partial-*`` folder, which is never 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 import re
 import shutil
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,26 @@ def fsync_dir(path: Path) -> None:
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
+
+
+def check_writable(archive_dir: Path) -> None:
+    """Raise ``ArchiveWriteError`` unless a file can be created and written in ``archive_dir``
+    (created 0700 when missing). Exporters call it before claiming, so an archive that cannot be
+    written costs no batch id and leaves the changes in the outbox."""
+    try:
+        faults.disk_write()
+        if archive_dir.exists() and not archive_dir.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        _private_dir(archive_dir)
+        probe = archive_dir / f".probe-{os.getpid()}-{threading.get_ident()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ArchiveWriteError(f"cannot write to {archive_dir}: {exc.strerror or exc}") from None
 
 
 def publish(partial: Path, final: Path) -> None:

@@ -293,6 +293,26 @@ def _exclusive_turn(conn: psycopg.Connection[Any]) -> Iterator[None]:
             conn.commit()
 
 
+def _give_back(conn: psycopg.Connection[Any], batch_id: int) -> None:
+    """After a claim rolled back because its batch could not be written (a full disk): let the next
+    claim take ``batch_id`` again, so a persistent fault does not burn one id per retry.
+
+    Only claims draw from ``cdc.batch_seq``, and they take turns (the caller holds the turn): while
+    the sequence's last value is still ``batch_id``, nobody drew an id since. When that cannot be
+    done (no UPDATE privilege on the sequence, a lost connection) the id stays burned, as after a crash.
+    """
+    try:
+        conn.execute(
+            "SELECT setval('cdc.batch_seq', %s, false) FROM cdc.batch_seq WHERE last_value = %s AND is_called",
+            [batch_id, batch_id],
+        )
+        conn.commit()
+    except psycopg.Error:
+        log.debug("batch %d: its id could not be given back", batch_id, exc_info=True)
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+
+
 def export_batch(
     conn: psycopg.Connection[Any],
     archive_dir: Path,
@@ -309,7 +329,9 @@ def export_batch(
     in the claim's transaction, before the claim, and raises to refuse it (the worker's lock check).
     """
     started = time.perf_counter()
+    archive.check_writable(archive_dir)  # before the claim: an unwritable archive costs no batch id
     with pg.translated("exporting a batch"), _exclusive_turn(conn):
+        claimed = None
         try:
             claimed = _claim(conn, batch_size, INT64_MAX if up_to is None else up_to, mode, fence)
             if claimed is None:
@@ -333,8 +355,10 @@ def export_batch(
             )
             conn.commit()
             faults.point("after_commit")
-        except BaseException:
+        except BaseException as exc:
             conn.rollback()
+            if claimed is not None and isinstance(exc, archive.ArchiveWriteError):
+                _give_back(conn, claimed[0])
             raise
         path = writer.publish()
     changes = sum(counter.get("upsert", 0) + counter.get("delete", 0) for counter in manifest_counts.values())

@@ -4,15 +4,19 @@ One worker applies at a time: it holds a session advisory lock, and checks befor
 that it still holds it (a lock is no fence once its connection has dropped). A second worker
 waits for the lock. On start, and after any error, batches claimed but not applied are finished
 first, re-exported from the ledger's keys when their archive folder is missing or damaged.
+A fault that may pass (a server down, an archive that cannot be written) is retried with a
+pause that grows to 30 s and a few log lines, not one per attempt (``Backoff``).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +52,109 @@ class RunStats:
 
 class LockLost(CdcError):
     """The worker lock was lost (its connection dropped)."""
+
+
+# Faults that may pass on their own: a loop retries them, backing off; anything else stops it.
+TRANSIENT = (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError)
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+STILL_FAILING_EVERY_S = 300.0
+_NUMBERS = re.compile(r"\d+")
+
+
+class Backoff:
+    """The pause between retries of a long-running loop, and its log lines, for a persistent fault.
+
+    The pause starts at 1 s and doubles up to 30 s (±10% jitter, so workers that failed together do not
+    retry in step); a success resets it. Logged: the first failure, a failure whose error differs from
+    the last one logged (numbers aside: a batch id is not a new error), every 5 minutes "still failing
+    (N attempts)", and the recovery, with its count. The other attempts are logged at debug level.
+
+    A small explicit loop rather than tenacity's ``Retrying``: the loop never ends (success resets
+    the pause instead of returning), its sleep must end at once on SIGTERM (``stop.wait``), and the
+    log lines depend on the error changing, which tenacity's ``before_sleep`` hooks do not track.
+    """
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        what: str,
+        *,
+        first: float = BACKOFF_FIRST_S,
+        cap: float = BACKOFF_MAX_S,
+        remind_every: float = STILL_FAILING_EVERY_S,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: float = 0.1,
+    ) -> None:
+        self.stop = stop
+        self.what = what
+        self.first, self.cap, self.remind_every, self.jitter = first, cap, remind_every, jitter
+        self.log = logger or log
+        self.clock = clock
+        self.attempts = 0
+        self.delay = 0.0
+        self._since = self._logged_at = 0.0
+        self._logged_error = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.attempts > 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Count a failed attempt, log it when it says something new, and return the next pause."""
+        now = self.clock()
+        self.attempts += 1
+        base = min(self.cap, self.first * 2 ** min(self.attempts - 1, 32))
+        self.delay = base * (1 + random.uniform(-self.jitter, self.jitter))  # noqa: S311 (not crypto)
+        error = str(exc) or type(exc).__name__
+        key = _NUMBERS.sub("#", f"{type(exc).__name__}: {error}")
+        extra = {"action": "retry", "what": self.what, "attempt": self.attempts, "retry_in_s": round(self.delay, 1)}
+        if self.attempts == 1:
+            self._since = now
+            self.log.warning("%s interrupted: %s; retrying in %.0fs", self.what, error, self.delay, extra=extra)
+        elif key != self._logged_error:
+            self.log.warning(
+                "%s still failing (%d attempts), now: %s; retrying in %.0fs",
+                self.what,
+                self.attempts,
+                error,
+                self.delay,
+                extra=extra,
+            )
+        elif now - self._logged_at >= self.remind_every:
+            self.log.warning(
+                "%s still failing (%d attempts in %.0fs): %s; retrying in %.0fs",
+                self.what,
+                self.attempts,
+                now - self._since,
+                error,
+                self.delay,
+                extra=extra,
+            )
+        else:
+            self.log.debug("%s failed again (attempt %d): %s", self.what, self.attempts, error, extra=extra)
+            return self.delay
+        self._logged_at, self._logged_error = now, key
+        return self.delay
+
+    def wait(self) -> None:
+        """Sleep the pause chosen by the last ``failed`` (at once over when ``stop`` is set)."""
+        self.stop.wait(self.delay)
+
+    def succeeded(self) -> None:
+        """An attempt went through: log the recovery (after failures) and reset the pause."""
+        if self.attempts:
+            self.log.info(
+                "%s recovered after %d failed attempts in %.0fs",
+                self.what,
+                self.attempts,
+                self.clock() - self._since,
+                extra={"action": "recovered", "what": self.what, "attempts": self.attempts},
+            )
+        self.attempts = 0
+        self.delay = 0.0
+        self._logged_error = ""
 
 
 class Worker:
@@ -298,13 +405,22 @@ class Worker:
             if once:
                 self.cycle(up_to=drain.outbox_head(self.conn))
                 return self.stats
+            backoff = Backoff(self.stop, "cycle")
             while not self.stop.is_set():
                 try:
+                    if backoff.failing:
+                        self._recover()
+                        if self.stop.is_set():
+                            break
                     self.cycle()
-                except (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError) as exc:
-                    log.warning("cycle interrupted: %s; retrying", exc, extra={"action": "cycle_retry"})
-                    self._recover()
+                except (*TRANSIENT, psycopg.OperationalError) as exc:
+                    # (a driver error that escaped translation, on a connection a server restart cut: the same fault)
+                    if isinstance(exc, psycopg.OperationalError) and not pg.is_transient(exc):
+                        raise
+                    backoff.failed(exc if isinstance(exc, CdcError) else PostgresUnavailable(pg.describe(exc)))
+                    backoff.wait()
                     continue
+                backoff.succeeded()
                 self._wait(interval, listen)
         finally:
             self._close_listener()
@@ -348,8 +464,10 @@ class Worker:
             self._close_listener()
 
     def _recover(self) -> None:
-        """After a lost connection: wait a little, reconnect, and take the lock again."""
-        self.stop.wait(1)
+        """Before a retry: fresh data connections, and the lock taken again when it was lost.
+
+        Raises ``PostgresUnavailable`` while PostgreSQL cannot be reached: the caller counts that as
+        one more failed attempt and backs off (no log line of its own)."""
         for conn in (self._conn, self._export_conn):
             if conn is not None:
                 conn.close()
@@ -359,10 +477,8 @@ class Worker:
         except LockLost:
             if self._lock_conn is not None:
                 self._lock_conn.close()
-            try:
-                self.acquire()
-            except PostgresUnavailable as exc:
-                log.warning("PostgreSQL unavailable: %s", exc, extra={"action": "reconnect"})
+            self._lock_conn = None
+            self.acquire()
 
 
 class _Exporter:

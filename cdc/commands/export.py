@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 import click
+import psycopg
 
 from cdc import capture, drain, shutdown
+from cdc.archive import ArchiveWriteError
 from cdc.cli import settings_options
 from cdc.config import Settings
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, PostgresUnavailable
+from cdc.worker import Backoff
+
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -34,23 +43,56 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     load one). Outbox rows are deleted in the transaction that commits the fsynced batch, so from
     then on the archive is the only copy of those changes: keep it on durable storage. The
     ledger (schema "cdc") keeps every batch's state and keys.
+
+    Without --once, a fault that may pass (PostgreSQL unreachable, an archive folder that cannot be
+    written) is retried with a pause growing from 1 s to 30 s, logged once and then every 5 minutes
+    while it lasts. With --once it exits 1. Either way a batch id is taken only when its batch can
+    be written.
     """
     stop = shutdown.install_handlers()
-    total_batches = total_changes = 0
-    with drain.drain_connection(settings.pg_dsn()) as conn:
+    dsn = settings.pg_dsn()
+    totals = [0, 0]  # batches, changes
+    conn = drain.drain_connection(dsn)
+    try:
         if not capture.is_installed(conn):
             raise ConfigError("capture is not installed: run `cdc install` first")
         drain.recover_partials(conn, settings.archive_dir)
-        while not stop.is_set():
-            up_to = drain.outbox_head(conn) if once else None
+        if once:
+            _drain(conn, settings, batch_size=batch_size, up_to=drain.outbox_head(conn), stop=stop, totals=totals)
+        else:
+            backoff = Backoff(stop, "export", logger=log)
             while not stop.is_set():
-                batch = drain.export_batch(conn, settings.archive_dir, batch_size=batch_size, up_to=up_to)
-                if batch is None:
-                    break
-                total_batches += 1
-                total_changes += batch.keys
-                click.echo(f"batch {batch.batch_id}: {batch.keys} changes, {batch.rejected} rejected -> {batch.path}")
-            if once:
-                break
-            stop.wait(interval)
-    click.echo(f"exported {total_changes} changes in {total_batches} batches to {settings.archive_dir}")
+                try:
+                    if backoff.failing:  # a fresh connection, and any batch a failed publish left behind
+                        conn.close()
+                        conn = drain.drain_connection(dsn)
+                        drain.recover_partials(conn, settings.archive_dir)
+                    _drain(conn, settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
+                except (PostgresUnavailable, ArchiveWriteError) as exc:
+                    backoff.failed(exc)
+                    backoff.wait()
+                    continue
+                backoff.succeeded()
+                stop.wait(interval)
+    finally:
+        conn.close()
+    click.echo(f"exported {totals[1]} changes in {totals[0]} batches to {settings.archive_dir}")
+
+
+def _drain(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    *,
+    batch_size: int,
+    up_to: int | None,
+    stop: threading.Event,
+    totals: list[int],
+) -> None:
+    """Export batches until the outbox is drained (up to ``up_to``) or a stop is requested."""
+    while not stop.is_set():
+        batch = drain.export_batch(conn, settings.archive_dir, batch_size=batch_size, up_to=up_to)
+        if batch is None:
+            return
+        totals[0] += 1
+        totals[1] += batch.keys
+        click.echo(f"batch {batch.batch_id}: {batch.keys} changes, {batch.rejected} rejected -> {batch.path}")
