@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from pymongo.database import Database
 
 from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot
-from cdc.cli import metrics_options, settings_options
+from cdc.cli import metrics_options
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
-from cdc.config import Settings
-from cdc.errors import CheckFailed, ConfigError
+from cdc.config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_MONGO_DB,
+    LIBPQ_VARIABLES,
+    Settings,
+    refuse_password_in_argument,
+)
+from cdc.errors import CheckFailed, ConfigError, UsageError
 from cdc.latency import LatencyProbe
 from cdc.progress import track
+from cdc.redact import redact, register_secret, secrets_in
 from cdc.sink import Applier
 from cdc.stack import Stack
 from cdc.worker import Worker
@@ -32,8 +42,106 @@ log = logging.getLogger(__name__)
 DEMO_METRICS_PORT = 9108  # as in ops/ (the Deployment, compose)
 
 
+# The demo replaces data. It never takes its servers from the settings every other command reads:
+# a shell set up for real work must not point the demo at real databases.
+IGNORED_VARIABLES = ("CDC_PG_DSN", "CDC_MONGO_URI", "CDC_MONGO_DB", "CDC_ARCHIVE_DIR", *LIBPQ_VARIABLES)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where the demo writes: both servers embedded, or both named for the demo."""
+
+    embedded: bool
+    data_dir: Path
+    pg_dsn: str | None  # None: the embedded stack's, known once it is up
+    mongo_uri: str | None
+    mongo_db: str
+    archive_dir: Path
+
+    def lines(self) -> list[str]:
+        """The targets as printed before anything is replaced (passwords masked)."""
+        where = f"embedded stack under {self.data_dir}" if self.embedded else "named for the demo"
+        pg_text = redact(self.pg_dsn) if self.pg_dsn is not None else "(the embedded stack's; the demo starts it)"
+        mongo_text = (
+            redact(self.mongo_uri) if self.mongo_uri is not None else "(the embedded stack's; the demo starts it)"
+        )
+        return [
+            f"demo targets ({where}); their data is replaced:",
+            f"  PostgreSQL  {pg_text}  (the Orininu tables' rows, the cdc schema)",
+            f"  MongoDB     {mongo_text}  (database {self.mongo_db!r} is dropped)",
+            f"  archive     {self.archive_dir}",
+        ]
+
+
+def resolve_targets(
+    data_dir: Path, pg_dsn: str | None, mongo_uri: str | None, mongo_db: str, archive_dir: Path | None
+) -> Targets:
+    """The demo's targets from its own options only; ``UsageError`` for a mixed setup."""
+    if bool(pg_dsn) != bool(mongo_uri):
+        pg_name, mongo_name = "PostgreSQL (--pg / CDC_DEMO_PG_DSN)", "MongoDB (--mongo / CDC_DEMO_MONGO_URI)"
+        given, missing = (pg_name, mongo_name) if pg_dsn else (mongo_name, pg_name)
+        raise UsageError(
+            f"demo: an external {given} was given without an external {missing}: "
+            "name both for the demo, or neither to use the embedded stack"
+        )
+    for value in (pg_dsn, mongo_uri):
+        for secret in secrets_in(value or ""):
+            register_secret(secret)
+    if pg_dsn and mongo_uri:
+        return Targets(False, data_dir, pg_dsn, mongo_uri, mongo_db, archive_dir or data_dir / "demo-archive")
+    running = Stack(data_dir).running_env()
+    return Targets(
+        True,
+        data_dir,
+        running["CDC_PG_DSN"] if running else None,
+        running["CDC_MONGO_URI"] if running else None,
+        mongo_db,
+        archive_dir or data_dir / "archive",
+    )
+
+
 @click.command()
-@settings_options
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar="CDC_DATA_DIR",
+    show_envvar=True,
+    help="Folder of the embedded stack the demo starts, and of its archive.",
+)
+@click.option(
+    "--pg",
+    "pg_dsn",
+    envvar="CDC_DEMO_PG_DSN",
+    show_envvar=True,
+    metavar="DSN",
+    help="An external PostgreSQL for the demo instead of the embedded one (with --mongo; no password "
+    "here: use CDC_DEMO_PG_DSN or PGPASSFILE). Its Orininu tables' rows and its cdc schema are replaced.",
+)
+@click.option(
+    "--mongo",
+    "mongo_uri",
+    envvar="CDC_DEMO_MONGO_URI",
+    show_envvar=True,
+    metavar="URI",
+    help="An external MongoDB for the demo (with --pg; no password here: use CDC_DEMO_MONGO_URI). "
+    "Its --mongo-db database is dropped.",
+)
+@click.option(
+    "--mongo-db",
+    envvar="CDC_DEMO_MONGO_DB",
+    show_envvar=True,
+    default=DEFAULT_MONGO_DB,
+    show_default=True,
+    help="MongoDB database the demo drops and rebuilds.",
+)
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Archive folder [default: <data-dir>/archive, or <data-dir>/demo-archive with --pg/--mongo].",
+)
 @click.option("--duration", type=click.FloatRange(min=1), default=30, show_default=True, help="Seconds of live sync.")
 @click.option(
     "--scale",
@@ -43,14 +151,20 @@ DEMO_METRICS_PORT = 9108  # as in ops/ (the Deployment, compose)
 )
 @click.option("--rate", type=click.FloatRange(min=1), default=100, show_default=True, help="Workload changes/s.")
 @click.option("--keep", is_flag=True, help="Leave the embedded stack running afterwards.")
+@click.option("--dry-run", is_flag=True, help="Print the demo's targets and exit, touching nothing.")
 @metrics_options
 def demo(
-    settings: Settings,
     *,
+    data_dir: Path,
+    pg_dsn: str | None,
+    mongo_uri: str | None,
+    mongo_db: str,
+    archive_dir: Path | None,
     duration: float,
     scale: str,
     rate: float,
     keep: bool,
+    dry_run: bool,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -59,21 +173,49 @@ def demo(
     Stack up, schema, generate (replacing the Orininu tables' rows and the MongoDB database),
     install capture, snapshot, then a live workload with `run --listen` for --duration seconds
     (a live line of throughput, backlog and lag), verify, and a summary with the commit-to-MongoDB
-    latency. Exits 0 only when verify is clean. Uses --pg/--mongo instead of the embedded stack
-    when both are given; stops the embedded stack at the end unless --keep. Serves Prometheus
-    metrics while it runs, on --metrics-port or else 9108 (a free port when 9108 is taken; the
-    address is printed).
+    latency. Exits 0 only when verify is clean. Stops the embedded stack at the end unless --keep.
+    Serves Prometheus metrics while it runs, on --metrics-port or else 9108 (a free port when 9108
+    is taken; the address is printed).
+
+    The demo replaces data, so it only writes where it is told to for the demo: the embedded stack
+    under --data-dir, or external servers named by both --pg and --mongo (or CDC_DEMO_PG_DSN and
+    CDC_DEMO_MONGO_URI). It ignores the settings of the other commands: CDC_PG_DSN, CDC_MONGO_URI,
+    CDC_MONGO_DB, CDC_ARCHIVE_DIR and libpq's PG* variables. One external server without the other
+    is refused (exit 2). The targets are printed, passwords masked, before any data is replaced.
     """
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("pg_dsn") == click.core.ParameterSource.COMMANDLINE:
+        refuse_password_in_argument("--pg", pg_dsn)
+    if ctx.get_parameter_source("mongo_uri") == click.core.ParameterSource.COMMANDLINE:
+        refuse_password_in_argument("--mongo", mongo_uri)
+    targets = resolve_targets(data_dir, pg_dsn or None, mongo_uri or None, mongo_db, archive_dir)
+    ignored = [name for name in IGNORED_VARIABLES if os.environ.get(name)]
+    if ignored:
+        click.echo(f"note: the demo ignores {', '.join(ignored)} (it uses --pg/--mongo or the embedded stack)")
+    if dry_run:
+        click.echo("\n".join(targets.lines()))
+        return
     counts = counts_for(parse_scale(scale))
-    embedded = not (settings.pg_dsn_given and settings.mongo_uri_given)
-    stack = Stack(settings.data_dir)
-    if embedded:
-        stack.up()
-        click.echo(f"[1/7] stack up under {settings.data_dir} ({stack.paths.env_file})")
+    stack = Stack(data_dir)
+    if targets.embedded:
+        env = stack.up()
+        click.echo(f"[1/7] stack up under {data_dir} ({stack.paths.env_file})")
+        targets = replace(targets, pg_dsn=env["CDC_PG_DSN"], mongo_uri=env["CDC_MONGO_URI"])
+    else:
+        click.echo("[1/7] external servers named for the demo (no embedded stack)")
+    click.echo("\n".join(targets.lines()))
+    assert targets.pg_dsn is not None and targets.mongo_uri is not None
+    settings = Settings(
+        data_dir=data_dir,
+        pg_dsn_given=targets.pg_dsn,
+        mongo_uri_given=targets.mongo_uri,
+        mongo_db=mongo_db,
+        archive_dir_given=targets.archive_dir,
+    )
     try:
         _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port))
     finally:
-        if embedded and not keep:
+        if targets.embedded and not keep:
             stack.down()
             click.echo("stack stopped (pass --keep to leave it running)")
 
