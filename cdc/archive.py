@@ -32,7 +32,10 @@ import orjson
 from cdc import faults
 from cdc.errors import CdcError
 
-FORMAT_VERSION = 1
+# 2: mapped collections (documents built from many rows) carry the batch's version in ``_cdc.pos``
+# instead of a row's position, and the manifest says which collections are mapped ("documents").
+FORMAT_VERSION = 2
+READABLE_FORMATS = frozenset({1, 2})
 MANIFEST = "manifest.json"
 REJECTED = "rejected.jsonl"
 PARTIAL_PREFIX = ".partial-"
@@ -133,6 +136,9 @@ class BatchWriter:
         self.truncates: list[dict[str, str]] = []
         self.positions: list[int] = []
         self.excluded: dict[str, list[str]] = {}  # "schema.table" → columns left out by configuration
+        # mapped collections → {"root": "schema.table", "version": "…"}: their documents carry the
+        # batch's version in _cdc.pos (format 2)
+        self.documents: dict[str, dict[str, str]] = {}
 
     def _file(self, collection: str, op: str) -> _OpenFile:
         entry = self._files.get((collection, op))
@@ -210,6 +216,7 @@ class BatchWriter:
             "counts": self.collection_counts(),
             "truncates": self.truncates,
             "excluded": self.excluded,
+            "documents": self.documents,
             **(extra or {}),
         }
         tmp = self.partial / f".{MANIFEST}.tmp"
@@ -258,7 +265,7 @@ def read_batch(path: Path) -> Batch:
         raise ArchiveError(f"batch {path.name} is incomplete: no {MANIFEST}") from None
     except orjson.JSONDecodeError as exc:
         raise ArchiveError(f"batch {path.name}: {MANIFEST} is not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT_VERSION:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise ArchiveError(f"batch {path.name}: unknown format {manifest.get('format')!r}")
     for name, meta in manifest["files"].items():
         if "/" in name or name.startswith("."):

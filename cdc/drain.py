@@ -29,7 +29,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from cdc import archive, capture, faults, pg, tables
+from cdc import archive, capture, documents, faults, mapping, pg, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
 from cdc.errors import CdcError
@@ -98,15 +98,16 @@ def _claim(
     batch_id_row = conn.execute("SELECT nextval('cdc.batch_seq')").fetchone()
     assert batch_id_row is not None
     batch_id = int(batch_id_row[0])
+    # the batch's version (mapped documents carry it): a position taken now, inside the exporters' turn
     conn.execute(
-        "INSERT INTO cdc.batches (batch_id, mode, state, pos_min, pos_max, key_count)"
-        " VALUES (%s, %s, 'claimed', %s, %s, %s)",
+        "INSERT INTO cdc.batches (batch_id, mode, state, pos_min, pos_max, key_count, version)"
+        " VALUES (%s, %s, 'claimed', %s, %s, %s, nextval('cdc.position_seq'))",
         [batch_id, mode, chosen[0], chosen[-1], keys],
     )
     conn.execute(
-        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys)
-           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys)
-           SELECT %s, pos, relid, op, keys FROM claimed""",
+        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys, joins)
+           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins)
+           SELECT %s, pos, relid, op, keys, joins FROM claimed""",
         [chosen, batch_id],
     )
     return batch_id, chosen
@@ -241,6 +242,13 @@ def _dropped_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int
     ).fetchall()
 
 
+def batch_version(conn: psycopg.Connection[Any], batch_id: int) -> int:
+    """The version of ``batch_id``'s mapped documents (its claim's position; ``pos_max`` for a batch
+    claimed before versions existed)."""
+    row = conn.execute("SELECT coalesce(version, pos_max) FROM cdc.batches WHERE batch_id = %s", [batch_id]).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int) -> BatchWriter:
     """Encode the ledger's changes of ``batch_id`` into a (not yet visible) batch folder."""
     try:
@@ -248,7 +256,11 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
     except OSError as exc:
         raise archive.ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     try:
+        model = mapping.load(conn)
+        in_model = {table.relid for table in model.tables()} if model is not None else set()
         for relid, truncates in _relations(conn, batch_id):
+            if relid in in_model:
+                continue  # read into the model's documents below, not a collection of its own
             table = tables.describe(conn, relid)
             if table is None:
                 for pos, key in _dropped_table_keys(conn, batch_id, relid):
@@ -263,6 +275,11 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
             for pos in truncates:
                 writer.truncate(table.collection, pos)
             export_table(conn, writer, table, batch_id)
+            faults.point("mid_archive")
+        if model is not None:
+            for table in model.tables():
+                check_row_security(conn, table)
+            documents.export_documents(conn, writer, model, batch_id, batch_version(conn, batch_id))
             faults.point("mid_archive")
     except OSError as exc:
         writer.abort()

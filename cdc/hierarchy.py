@@ -132,7 +132,8 @@ def in_hierarchy(conn: psycopg.Connection[Any], relid: int) -> bool:
 
 
 def has_parts_table(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass('cdc.captured_parts') IS NOT NULL").fetchone()
+    with pg.translated("checking the partitions of captured tables"):
+        row = conn.execute("SELECT to_regclass('cdc.captured_parts') IS NOT NULL").fetchone()
     return bool(row and row[0])
 
 
@@ -318,6 +319,7 @@ class Watch:
         try:
             found = drift(self._conn)
         except PostgresUnavailable:
+            self.close()  # reconnect next time
             raise
         except PostgresError as exc:  # say it once; capture itself goes on
             if self._reported != (Drift(0, 0, str(exc)),):
@@ -330,6 +332,7 @@ class Watch:
         try:
             done = reconcile(self._conn, found)
         except PostgresUnavailable:
+            self.close()
             raise
         except PostgresError as exc:
             if tuple(found) != self._reported:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from cdc import archive, drain, faults, ledger, pg
+from cdc import archive, drain, faults, hierarchy, ledger, pg
 from cdc.archive import ArchiveWriteError
 from cdc.capture import NOTIFY_CHANNEL
 from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
@@ -184,6 +184,7 @@ class Worker:
         self._export_conn: psycopg.Connection[Any] | None = None
         self._lock_pid: int | None = None  # the backend holding the worker lock: the claim's fence
         self._listener: psycopg.Connection[Any] | None = None
+        self.partitions = hierarchy.Watch(dsn)
 
     # ---- the lock -----------------------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:
@@ -224,6 +225,7 @@ class Worker:
             raise LockLost() from None
 
     def release(self) -> None:
+        self.partitions.close()
         for conn in (self._conn, self._export_conn, self._lock_conn):
             if conn is not None and not conn.closed:
                 conn.close()
@@ -329,6 +331,7 @@ class Worker:
         applied (a stop, an error) is pending, finished first next time.
         """
         done = self.finish_pending()
+        self.partitions.check()  # partitions created, attached, detached or dropped since the last cycle
         while not self.stop.is_set():
             self.check_lock()
             exported = drain.export_batch(
@@ -403,6 +406,7 @@ class Worker:
             return self.stats
         try:
             if once:
+                self.partitions.check()  # before the head is read: the keys it records are drained too
                 self.cycle(up_to=drain.outbox_head(self.conn))
                 return self.stats
             backoff = Backoff(self.stop, "cycle")
