@@ -66,13 +66,15 @@ def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set
 def _install_table(
     conn: psycopg.Connection[Any],
     table: TableInfo,
+    *,
     notify: bool,
     set_exclusions: bool = False,
     joins: Sequence[str] = (),
+    shown: Sequence[str] | None = None,
 ) -> None:
     """Capture one table and every partition and child it has, recording under it."""
     known = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [table.relid]).fetchone() is not None
-    triggers.create_root_functions(conn, table, notify, joins)
+    triggers.create_root_functions(conn, table, notify, joins, shown)
     _register(conn, table, notify, set_exclusions)
     for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
         log.info("%s", line, extra={"action": "install_part", "table": table.display})
@@ -163,7 +165,8 @@ def install(
                 reshaped += mapping.collections_changed(old_model, model)
         for info in found:
             joins = model.join_columns(info.relid) if model is not None else ()
-            _install_table(conn, info, notify, set_exclusions=chosen is not None, joins=joins)
+            shown = model.shown_columns(info.relid) if model is not None else None
+            _install_table(conn, info, notify=notify, set_exclusions=chosen is not None, joins=joins, shown=shown)
             log.info("capturing %s", info.display, extra={"action": "install_table", "table": info.display})
         if grant:
             grant_worker(conn, grant, found)

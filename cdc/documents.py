@@ -97,28 +97,34 @@ def _walk_up(collection: Collection, node: Node, values: sql.Composable) -> sql.
     return query
 
 
-def _changed_keys(table: TableInfo, ops: str = "k") -> sql.Composable:
-    """The batch's keys of ``table`` (ops ``k``: changes; ``kr``: changes and snapshot root refreshes)."""
+def _changed_keys(table: TableInfo, ops: str = "k", *, shown_only: bool = False) -> sql.Composable:
+    """The batch's keys of ``table`` (ops ``k``: changes; ``kr``: changes and snapshot root refreshes;
+    ``shown_only``: leave out UPDATEs that changed nothing an embedding document shows)."""
     return sql.SQL(
         "SELECT DISTINCT k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
-        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = ANY({})"
-    ).format(sql.Literal(table.relid), sql.Literal(list(ops)))
+        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = ANY({}){}"
+    ).format(
+        sql.Literal(table.relid),
+        sql.Literal(list(ops)),
+        sql.SQL(" AND c.shown IS NOT FALSE") if shown_only else sql.SQL(""),
+    )
 
 
 def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
-    """The join values of ``node``'s changed rows: now (in the snapshot) and before (recorded)."""
+    """The join values of ``node``'s changed rows: now (in the snapshot) and before (recorded); an
+    UPDATE that changed nothing an embedding document shows is left out (``shown`` false)."""
     table = node.table
     now = sql.SQL("SELECT {} FROM {} AS t WHERE {} IN (SELECT {} FROM ({}) AS changed)").format(
         sql.SQL(", ").join(sql.Identifier("t", c) for c in node.join_columns),
         _source(node),
         _row_key(table, "t"),
         sql.SQL(", ").join(_cast_key(table, sql.SQL("changed.key"))),
-        _changed_keys(table),
+        _changed_keys(table, shown_only=True),
     )
     recorded = model.join_columns(table.relid)
     before = sql.SQL(
         "SELECT {} FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.joins) AS j(old)"
-        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k'"
+        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k' AND c.shown IS NOT FALSE"
     ).format(
         sql.SQL(", ").join(
             sql.SQL("(j.old::{}).{}").format(joins_type_name(table.relid), sql.Identifier(c))

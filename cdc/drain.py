@@ -105,9 +105,9 @@ def _claim(
         [batch_id, mode, chosen[0], chosen[-1], keys],
     )
     conn.execute(
-        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys, joins)
-           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins)
-           SELECT %s, pos, relid, op, keys, joins FROM claimed""",
+        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys, joins, shown)
+           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins, shown)
+           SELECT %s, pos, relid, op, keys, joins, shown FROM claimed""",
         [chosen, batch_id],
     )
     return batch_id, chosen

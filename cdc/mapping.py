@@ -118,6 +118,21 @@ class DocumentModel:
         """Every place a table appears: as a root or embedded."""
         return [(c, n) for c in self.collections for n in c.nodes() if n.table.relid == relid]
 
+    def shown_columns(self, relid: int) -> tuple[str, ...] | None:
+        """The columns of a table that embedding documents show or join on (key included): an UPDATE
+        that changes none of them refreshes no embedding document. None: every column counts (a
+        ``where`` may read any); () when the table is embedded nowhere."""
+        found: list[str] = []
+        for _collection, node in self.occurrences(relid):
+            if node.field is None:
+                continue
+            if node.where is not None:
+                return None
+            wanted = [*node.table.key_columns, *node.columns, *node.join_columns]
+            wanted += [column for child in node.children for column in child.parent_columns]
+            found += [column for column in wanted if column not in found]
+        return tuple(found)
+
     def join_columns(self, relid: int) -> tuple[str, ...]:
         """The columns of a table that tie its rows to an enclosing row, anywhere in the model: their
         old values are recorded at capture time (they are gone by drain time)."""

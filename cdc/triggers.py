@@ -60,7 +60,9 @@ def joins_type_name(relid: int) -> sql.Identifier:
     return sql.Identifier("cdc", f"joins_{relid}")
 
 
-def _row_function_body(table: TableInfo, prefix: str, notify: bool, joins: Sequence[str]) -> sql.Composable:
+def _row_function_body(
+    table: TableInfo, prefix: str, notify: bool, joins: Sequence[str], shown: Sequence[str] | None
+) -> sql.Composable:
     key = key_text(table, "r")
     new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
     old_keys = sql.SQL("SELECT {} AS k FROM cdc_old AS r").format(key)
@@ -78,11 +80,22 @@ def _row_function_body(table: TableInfo, prefix: str, notify: bool, joins: Seque
         if joins and prefix != "ins"
         else sql.SQL("NULL")
     )
+    # whether an UPDATE changed a column that embedding documents show (compared as text: every type
+    # has an output function, not every type an equality operator); NULL means yes
+    shown_changed: sql.Composable = sql.SQL("NULL")
+    if prefix == "upd" and shown is not None:
+        if shown:
+            columns = sql.SQL(", ").join(sql.Identifier("r", column) for column in shown)
+            shown_changed = sql.SQL(
+                "EXISTS (SELECT ROW({c})::text FROM cdc_old AS r EXCEPT SELECT ROW({c})::text FROM cdc_new AS r)"
+            ).format(c=columns)
+        else:
+            shown_changed = sql.SQL("false")
     # HAVING skips statements that touched no row
     return sql.SQL(
-        "INSERT INTO cdc.outbox (relid, op, keys, joins) SELECT {}, 'k', array_agg(k), {} FROM ({}) AS changed"
-        " HAVING count(*) > 0; {}"
-    ).format(sql.Literal(table.relid), old_joins, selects, _wake(notify))
+        "INSERT INTO cdc.outbox (relid, op, keys, joins, shown) SELECT {}, 'k', array_agg(k), {}, {}"
+        " FROM ({}) AS changed HAVING count(*) > 0; {}"
+    ).format(sql.Literal(table.relid), old_joins, shown_changed, selects, _wake(notify))
 
 
 def _truncate_body(root: TableInfo, target: sql.Identifier | None, notify: bool) -> sql.Composable:
@@ -120,7 +133,11 @@ def _create_function(
 
 
 def create_root_functions(
-    conn: psycopg.Connection[Any], root: TableInfo, notify: bool, joins: Sequence[str] = ()
+    conn: psycopg.Connection[Any],
+    root: TableInfo,
+    notify: bool,
+    joins: Sequence[str] = (),
+    shown: Sequence[str] | None = None,
 ) -> None:
     """The key type (composite keys), the join type (mapped tables) and the insert, update and delete
     functions of a captured table; ``joins`` are the columns whose old values are recorded."""
@@ -139,7 +156,7 @@ def create_root_functions(
         conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(joins_type_name(root.relid), fields))
     for _event, _referencing, prefix in TRIGGERS.values():
         if prefix != "trunc":
-            body = _row_function_body(root, prefix, notify, joins)
+            body = _row_function_body(root, prefix, notify, joins, shown)
             _create_function(conn, function_name(prefix, root.relid), root, body)
 
 

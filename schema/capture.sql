@@ -87,6 +87,10 @@ ALTER TABLE cdc.batch_changes ADD COLUMN IF NOT EXISTS joins text[];
 -- A batch's version: a value of cdc.position_seq taken when it is claimed, inside the exporters'
 -- turn, so versions follow the order of the snapshots batches read. Mapped documents carry it.
 ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS version bigint;
+-- false: an UPDATE of a mapped table that changed no column an embedding document shows or joins on
+-- (only the table's own collection is refreshed); NULL or true: every document showing the rows
+ALTER TABLE cdc.outbox ADD COLUMN IF NOT EXISTS shown boolean;
+ALTER TABLE cdc.batch_changes ADD COLUMN IF NOT EXISTS shown boolean;
 -- op 'r': a snapshot's refresh of a mapped collection's roots (no walk up into embedding documents)
 ALTER TABLE cdc.outbox DROP CONSTRAINT IF EXISTS outbox_op_check;
 ALTER TABLE cdc.outbox ADD CONSTRAINT outbox_op_check CHECK (op IN ('k', 't', 'r'));

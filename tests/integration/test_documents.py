@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 DDL = """
 CREATE TABLE owners (id int PRIMARY KEY, name text);
 CREATE TABLE parents (id int PRIMARY KEY, owner_id int REFERENCES owners ON DELETE SET NULL, title text);
-CREATE TABLE tags (id int PRIMARY KEY, name text);
+CREATE TABLE tags (id int PRIMARY KEY, name text, color text);
 CREATE TABLE children (
     id int PRIMARY KEY, parent_id int REFERENCES parents ON DELETE CASCADE ON UPDATE CASCADE, pos int, label text,
     tag_id int REFERENCES tags ON DELETE SET NULL,
@@ -26,7 +26,7 @@ CREATE TABLE notes (id int PRIMARY KEY, child_id int REFERENCES children ON DELE
 
 INSERT INTO owners SELECT i, 'owner ' || i FROM generate_series(1, 3) AS i;
 INSERT INTO parents SELECT i, 1 + i % 3, 'parent ' || i FROM generate_series(1, 6) AS i;
-INSERT INTO tags SELECT i, 'tag ' || i FROM generate_series(1, 4) AS i;
+INSERT INTO tags SELECT i, 'tag ' || i, 'red' FROM generate_series(1, 4) AS i;
 INSERT INTO children SELECT i, 1 + i % 6, i, 'child ' || i, 1 + i % 4 FROM generate_series(1, 30) AS i;
 INSERT INTO notes SELECT i, 1 + i % 30, 'note ' || i FROM generate_series(1, 60) AS i;
 """
@@ -245,3 +245,16 @@ def test_worker_killed_at_a_fault_point_with_a_mapping_loses_nothing(env, dbs, c
     assert crashed.returncode == -9, (crashed.returncode, crashed.stderr)
     run_sql(dbs.pg_dsn, "UPDATE children SET parent_id = 4 WHERE id = 31", "DELETE FROM notes WHERE id = 61")
     _drain_and_verify(cdc, env, f"after a kill at {fault}")
+
+
+def test_an_update_of_columns_no_embedding_shows_refreshes_only_the_tables_own_collection(env, dbs, cdc):
+    assert cdc("install", env=env).returncode == 0
+    assert cdc("snapshot", env=env).returncode == 0
+    run_sql(dbs.pg_dsn, "UPDATE tags SET color = 'blue' WHERE id = 2")  # not shown inside parents
+    quiet = cdc("run", "--once", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "1 changes" in quiet.stdout, quiet.stdout  # the tags document only
+    run_sql(dbs.pg_dsn, "UPDATE tags SET name = 'shown' WHERE id = 2")  # shown: every parent holding it
+    loud = cdc("run", "--once", env=env)
+    assert loud.returncode == 0 and "1 changes" not in loud.stdout, loud.stdout
+    _drain_and_verify(cdc, env, "after both updates")
