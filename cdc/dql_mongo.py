@@ -78,3 +78,52 @@ def compare(conn: psycopg.Connection[Any], database: Database[Any]) -> list[DqlC
         mongodb = _mongo_rows(name, list(database[collection].aggregate(pipeline)))
         found.append(DqlComparison(name, postgres, mongodb))
     return found
+
+
+def document_questions(conn: psycopg.Connection[Any], database: Database[Any]) -> list[DqlComparison]:
+    """A few Orininu questions answered with plain finds on the document model, and in SQL."""
+    found = []
+    with pg.translated("asking the document questions"):
+        first = conn.execute("SELECT min(playlist_id) FROM playlists").fetchone()
+        playlist = first[0] if first else None
+        sql_tracks = conn.execute(
+            "SELECT ps.song_id, s.title, a.name FROM playlist_songs ps JOIN songs s USING (song_id)"
+            " JOIN artists a ON a.artist_id = s.artist_id WHERE ps.playlist_id = %s AND ps.position <= 500"
+            " ORDER BY ps.position",
+            [playlist],
+        ).fetchall()
+        top_artist = conn.execute(
+            "SELECT artist_id FROM albums GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        ).fetchone()
+        artist = top_artist[0] if top_artist else None
+        sql_albums = conn.execute(
+            "SELECT album_id, title FROM albums WHERE artist_id = %s ORDER BY album_id", [artist]
+        ).fetchall()
+        sql_song = conn.execute(
+            "SELECT s.song_id, s.title, al.title, a.name FROM songs s JOIN albums al USING (album_id)"
+            " JOIN artists a ON a.artist_id = s.artist_id ORDER BY s.song_id LIMIT 5"
+        ).fetchall()
+    conn.commit()
+    document = database["playlists"].find_one({"_id": playlist}) or {}
+    found.append(
+        DqlComparison(
+            "a playlist's songs in order",
+            [tuple(row) for row in sql_tracks],
+            [(int(e["song_id"]), e["song"]["title"], e["song"]["artist"]["name"]) for e in document.get("songs", [])],
+        )
+    )
+    albums = database["albums"].find({"artist.artist_id": artist}, {"title": 1}).sort("_id", 1)
+    found.append(
+        DqlComparison(
+            "an artist's albums", [tuple(r) for r in sql_albums], [(int(d["_id"]), d["title"]) for d in albums]
+        )
+    )
+    songs = database["songs"].find({}, {"title": 1, "album.title": 1, "artist.name": 1}).sort("_id", 1).limit(5)
+    found.append(
+        DqlComparison(
+            "songs with album and artist",
+            [tuple(r) for r in sql_song],
+            [(int(d["_id"]), d["title"], d["album"]["title"], d["artist"]["name"]) for d in songs],
+        )
+    )
+    return found

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from pymongo.database import Database
 
-from cdc import capture, drain, ledger, mongo, orininu, pg, snapshot
+from cdc import capture, dql_mongo, drain, ledger, mapping, mongo, orininu, pg, snapshot, sqlfiles
 from cdc.cli import metrics_options
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEMO_METRICS_PORT = 9108  # as in ops/ (the Deployment, compose)
+DEMO_MAPPING = "orininu.mapping.toml"  # shipped in schema/ (package cdc.sql)
 
 
 # The demo replaces data. It never takes its servers from the settings every other command reads:
@@ -151,6 +152,15 @@ def resolve_targets(
 )
 @click.option("--rate", type=click.FloatRange(min=1), default=100, show_default=True, help="Workload changes/s.")
 @click.option("--keep", is_flag=True, help="Leave the embedded stack running afterwards.")
+@click.option(
+    "--mapping",
+    "mapping_path",
+    default=DEMO_MAPPING,
+    show_default=True,
+    metavar="FILE|none",
+    help='The document model to sync: the shipped Orininu model (see the README, "The Orininu document'
+    " model\"), a mapping file of your own, or 'none' for one collection per table.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the demo's targets and exit, touching nothing.")
 @metrics_options
 def demo(
@@ -164,6 +174,7 @@ def demo(
     scale: str,
     rate: float,
     keep: bool,
+    mapping_path: str,
     dry_run: bool,
     metrics_port: int | None,
     metrics_host: str,
@@ -196,6 +207,7 @@ def demo(
         click.echo("\n".join(targets.lines()))
         return
     counts = counts_for(parse_scale(scale))
+    mapping_file = _mapping_file(mapping_path)
     stack = Stack(data_dir)
     if targets.embedded:
         env = stack.up()
@@ -213,15 +225,31 @@ def demo(
         archive_dir_given=targets.archive_dir,
     )
     try:
-        _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port))
+        _demo(settings, counts, scale, duration, rate, serve=(metrics_host, metrics_port), mapping_file=mapping_file)
     finally:
         if targets.embedded and not keep:
             stack.down()
             click.echo("stack stopped (pass --keep to leave it running)")
 
 
+def _mapping_file(path: str) -> tuple[str, str]:
+    """(name, text) of the demo's document model: the shipped one, a file, or none."""
+    if path == mapping.NO_MAPPING:
+        return mapping.NO_MAPPING, ""
+    if path == DEMO_MAPPING:
+        return DEMO_MAPPING, sqlfiles.script(DEMO_MAPPING)
+    return mapping.read_file(path)
+
+
 def _demo(
-    settings: Settings, counts: Counts, scale: str, duration: float, rate: float, *, serve: tuple[str, int | None]
+    settings: Settings,
+    counts: Counts,
+    scale: str,
+    duration: float,
+    rate: float,
+    *,
+    serve: tuple[str, int | None],
+    mapping_file: tuple[str, str],
 ) -> None:
     from cdc.metrics import Metrics  # noqa: PLC0415
 
@@ -239,7 +267,7 @@ def _demo(
                 raise
             bound = metrics.serve(host, 0)
         click.echo(f"metrics on http://{host}:{bound}/metrics (curl it while the demo runs)")
-        rows = _prepare(dsn, counts, scale)
+        rows = _prepare(dsn, counts, scale, mapping_file)
         _snapshot(dsn, database, settings, rows, metrics)
         probe = _live_sync(dsn, database, settings, duration, rate, metrics=metrics)
         _verify(dsn, database, probe)
@@ -248,7 +276,7 @@ def _demo(
         metrics.close()
 
 
-def _prepare(dsn: str, counts: Counts, scale: str) -> int:
+def _prepare(dsn: str, counts: Counts, scale: str, mapping_file: tuple[str, str]) -> int:
     with pg.connect(dsn) as conn:
         orininu.apply(conn)
         capture.uninstall(conn)  # a fresh ledger for a fresh MongoDB database
@@ -256,8 +284,11 @@ def _prepare(dsn: str, counts: Counts, scale: str) -> int:
         loaded = load.load(conn, seed=1, counts=counts, replace=True)
         rows = sum(entry.rows for entry in loaded)
         click.echo(f"[3/7] generated {rows:,} rows ({scale})")
-        capture.install(conn, list(orininu.TABLES))
-        click.echo("[4/7] capture installed on " + ", ".join(orininu.TABLES))
+        capture.install(conn, list(orininu.TABLES), mapping_file=mapping_file)
+        model = (
+            "one collection per table" if mapping_file[0] == mapping.NO_MAPPING else f"documents of {mapping_file[0]}"
+        )
+        click.echo("[4/7] capture installed on " + ", ".join(orininu.TABLES) + f" ({model})")
     return rows
 
 
@@ -265,7 +296,7 @@ def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, 
     started = time.perf_counter()
     worker = Worker(dsn, Applier(database), settings.archive_dir, batch_size=snapshot.BATCH_SIZE, metrics=metrics)
     with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
-        keys, worker.fast_insert = snapshot.prepare(conn, database, snapshot.captured(conn, None), progress)
+        keys, worker.fast_insert = snapshot.prepare_targets(conn, database, snapshot.targets(conn, None), progress)
     worker.acquire()
     try:
         with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
@@ -318,9 +349,17 @@ def _live_sync(
 
 def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
     with drain.drain_connection(dsn) as conn:
-        diffs = verify_tables(conn, database, snapshot.captured(conn, None))
+        chosen = [target.mapped or target.table for target in snapshot.targets(conn, None)]
+        diffs = verify_tables(conn, database, chosen)
         report = orininu.check(conn)
+        questions = (
+            dql_mongo.document_questions(conn, database) if any(t.mapped for t in snapshot.targets(conn, None)) else []
+        )
     print_report(report)
+    for question in questions:
+        click.echo(f"on the documents: {question.name:<28} {'same answer as SQL' if question.equal else 'DIFFERS'}")
+        if not question.equal:
+            click.echo(f"    postgresql: {question.postgres}\n    mongodb:    {question.mongodb}")
     compared = sum(diff.rows for diff in diffs)
     differences = sum(len(d.missing) + len(d.extra) + len(d.different) for d in diffs)
     p50, p99 = probe.percentile(0.5), probe.percentile(0.99)
@@ -330,6 +369,8 @@ def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
         else "no latency probe completed"
     )
     click.echo(f"[7/7] verify: {compared:,} rows compared, {differences} differences; {latency}")
+    if any(not question.equal for question in questions):
+        raise CheckFailed("demo: a question answered on the documents differs from SQL")
     if differences or report.failed:
         raise CheckFailed("demo: verify found differences" if differences else "demo: the schema checks failed")
     click.echo("demo finished: MongoDB matches PostgreSQL row for row")
