@@ -53,8 +53,8 @@ def writer(dsn: str, seed: int, stop: threading.Event, errors: list) -> None:
                             )
                         if rng.random() < 0.1:  # hold the transaction open while others commit
                             time.sleep(rng.uniform(0.2, 1.0))
-            except psycopg.errors.DeadlockDetected:
-                continue
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
+                continue  # a deadlock, or a key change onto a key an earlier change already took
             except psycopg.Error as exc:
                 errors.append(exc)
                 return
