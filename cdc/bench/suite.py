@@ -28,8 +28,9 @@ import psycopg
 from psycopg import sql
 from pymongo import ReplaceOne
 
-from cdc import archive, capture, drain, mongo, pg, snapshot
+from cdc import archive, capture, drain, mongo, pg, snapshot, verify
 from cdc.bench import capture_cost, documents
+from cdc.errors import CheckFailed
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
 from cdc.sink import Applier
@@ -73,6 +74,8 @@ TARGETS = {
     "export_rss_ratio": ("<=", 1.5),
     # the document model (issue 14): a full rebuild's source rows/s against export_changes_per_s
     "mapped_export_vs_export": (">=", 0.5),
+    # issue 15: verify of the same data against the snapshot that wrote it
+    "verify_vs_snapshot": ("<=", 0.5),
     "mapped_incremental_vs_full": ("<=", 0.05),
 }
 
@@ -175,6 +178,15 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
             raw_insert_times.append(_timed(functools.partial(raw_insert.insert_many, documents, ordered=False)))
         snapshot_s, raw_insert_s = min(snapshot_times), min(raw_insert_times)
 
+        # `cdc verify` of the same data, against the snapshot's collection
+        def verify_snapshot() -> None:
+            with drain.drain_connection(dsn) as conn:
+                [diff] = verify.verify(conn, client["cdc_bench_snapshot"], snapshot.captured(conn, [TABLE]))
+            if not diff.clean:
+                raise CheckFailed(f"bench: verify of the snapshot found differences: {diff.summary()}")
+
+        verify_s = min(_timed(verify_snapshot) for _ in range(ROUNDS))
+
         # applying N changes from the archive vs raw unguarded bulk_write of the final documents
         with pg.connect(dsn) as conn:
             _touch(conn, 1.0)
@@ -196,6 +208,8 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
         "apply_seconds": apply_s,
         "raw_bulk_write_seconds": raw_s,
         "snapshot_vs_raw": snapshot_s / raw_insert_s,
+        "verify_vs_snapshot": verify_s / snapshot_s,
+        "verify_seconds": verify_s,
         "snapshot_seconds": snapshot_s,
         "raw_insert_many_seconds": raw_insert_s,
         "apply_changes": rows,

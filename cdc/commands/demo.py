@@ -146,7 +146,7 @@ def resolve_targets(
 @click.option("--duration", type=click.FloatRange(min=1), default=30, show_default=True, help="Seconds of live sync.")
 @click.option(
     "--scale",
-    default="tiny",
+    default="small",
     show_default=True,
     help=f"Size of the generated dataset ({', '.join(NAMED_SCALES)} or a multiplier).",
 )

@@ -28,6 +28,7 @@ def test_every_bench_key_comes_from_a_measurement(pg_dsn, mongo_uri):
     assert report["export_rss_ratio"] == report["export_rss_mb_1m"] / report["export_rss_mb_10k"]
     assert report["export_changes"] == suite.SMOKE.export_rows and report["apply_changes"] == suite.SMOKE.rows
     assert report["latency_samples"] > 0
+    assert report["verify_vs_snapshot"] == report["verify_seconds"] / report["snapshot_seconds"]
     assert report["mapped_incremental_vs_full"] == report["mapped_incremental_seconds"] / report["mapped_full_seconds"]
     assert report["mapped_export_vs_export"] == report["mapped_export_rows_per_s"] / report["export_changes_per_s"]
     assert report["fanout_docs"] >= 20  # the renamed artist sits in every playlist
