@@ -95,6 +95,24 @@ ALTER TABLE cdc.batch_changes ADD COLUMN IF NOT EXISTS shown boolean;
 ALTER TABLE cdc.outbox DROP CONSTRAINT IF EXISTS outbox_op_check;
 ALTER TABLE cdc.outbox ADD CONSTRAINT outbox_op_check CHECK (op IN ('k', 't', 'r'));
 
+-- Snapshots that resume (cdc/snapshot.py; `cdc snapshot`). One row per table (and op: 'k' a table's
+-- own collection, 'r' a mapped collection's roots) of a snapshot that has not finished: the last key
+-- enqueued (the outbox's key text) and that page's position, written in the page's transaction;
+-- done once every key is enqueued. mode: 'apply' (to MongoDB) or 'export' (--export-only). A re-run
+-- continues after last_key, or enqueues nothing once done; the rows go when the snapshot finishes.
+CREATE TABLE IF NOT EXISTS cdc.snapshot_progress (
+    relid      oid         NOT NULL,
+    op         "char"      NOT NULL CHECK (op IN ('k', 'r')),
+    mode       text        NOT NULL CHECK (mode IN ('apply', 'export')),
+    last_key   text,
+    last_pos   bigint,
+    keys       bigint      NOT NULL DEFAULT 0,
+    done       boolean     NOT NULL DEFAULT false,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relid, op)
+);
+
 -- name: table_columns
 -- kind: report
 -- Columns of one table in attnum order, with what the codec needs to map them. A column's type is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from cdc.config import ServerDown, Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, PostgresUnavailable, UsageError
 from cdc.progress import track
 from cdc.prune import ReplayGaps, check_replay, describe_ids
+from cdc.redact import redact
 from cdc.sink import APPLIED_COLLECTION, Applier
-from cdc.worker import Worker
+from cdc.worker import SUMMARY_EVERY_S, Worker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,11 @@ def _require_capture(conn: Any) -> None:
     "--interval", type=click.FloatRange(min=0.05), default=300, show_default=True, help="Seconds between polls."
 )
 @click.option("--listen", is_flag=True, help="Wake at once on NOTIFY (and still poll every --interval).")
-@click.option("--once", is_flag=True, help="Drain up to the outbox position seen at start, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Drain up to the outbox position seen at start, then exit (exit 1 when a signal stops it first).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
 @metrics_options
 @click.option(
@@ -64,14 +70,38 @@ def run(
     Claimed keys stay in the ledger until MongoDB acknowledged the batch (w:majority), so a lost
     archive folder is re-exported from them. On start it first finishes batches claimed but not
     applied. A second worker waits for the first one's lock. SIGTERM/SIGINT stop it cleanly after
-    the current write; nothing is lost if it is killed instead.
+    the current write; nothing is lost if it is killed instead. With --once, a stop by a signal
+    before the run drained the outbox exits 1 (a cron `timeout` does not look like success).
+
+    Output: one start line (targets, passwords masked; mode; interval; archive; installed mapping),
+    then every 10 s while batches are applied one summary line (batches, changes, stale, rejected,
+    backlog); each batch's own lines are debug lines (-v). At the end, the run's totals.
     """
     if metrics_textfile is not None and not once:
         raise UsageError("--metrics-textfile needs --once (a long-running worker serves --metrics-port instead)")
     stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
+    mongo_uri = settings.mongo_uri()
     with pg.connect(dsn) as conn:
         _require_capture(conn)
+        with pg.translated("reading the installed mapping"):
+            installed = conn.execute("SELECT to_regclass('cdc.mapping') IS NOT NULL").fetchone()
+            row = conn.execute("SELECT filename FROM cdc.mapping").fetchone() if installed == (True,) else None
+    mode = "once" if once else "listen" if listen else "interval"
+    log.info(
+        "run: PostgreSQL %(pg)s, MongoDB %(mongo)s database %(mongo_db)s; mode %(mode)s, interval %(interval)ss;"
+        " archive %(archive)s; mapping %(mapping)s",
+        {
+            "pg": redact(dsn) if dsn else "(libpq's PG* variables)",
+            "mongo": redact(mongo_uri),
+            "mongo_db": settings.mongo_db,
+            "mode": mode,
+            "interval": "-" if once else f"{interval:g}",
+            "archive": str(settings.archive_dir),
+            "mapping": str(row[0]) if row else "none",
+        },
+        extra={"action": "start"},
+    )
     metrics = None
     if metrics_port is not None or metrics_textfile is not None:
         from cdc.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
@@ -81,7 +111,14 @@ def run(
         if metrics is not None and metrics_port is not None:
             metrics.serve(metrics_host, metrics_port)
         worker = Worker(
-            dsn, _applier(settings), settings.archive_dir, batch_size=batch_size, stop=stop, metrics=metrics
+            dsn,
+            _applier(settings),
+            settings.archive_dir,
+            batch_size=batch_size,
+            stop=stop,
+            metrics=metrics,
+            batch_log_level=logging.DEBUG,  # per-batch lines with -v; a summary every 10 s instead
+            summary_every=SUMMARY_EVERY_S,
         )
         stats = worker.run(interval=interval, listen=listen, once=once)
         if metrics is not None and metrics_textfile is not None and not stop.is_set():
@@ -94,6 +131,8 @@ def run(
     click.echo(
         f"applied {stats.batches} batches, {stats.changes} changes ({stats.stale} stale, {stats.rejected} rejected)"
     )
+    if once and stop.is_set():  # a cron `timeout` (SIGTERM) must not look like a finished run
+        raise CdcError("stopped by a signal before the outbox was drained: the rest waits for the next run")
 
 
 @click.command(name="snapshot")
@@ -112,7 +151,16 @@ def run(
     show_default=True,
     help="Keys per batch (the next batch is exported while one is applied).",
 )
-def snapshot_command(settings: Settings, collection_list: str | None, batch_size: int) -> None:
+@click.option(
+    "--export-only",
+    is_flag=True,
+    help="Into archive batches only, never connecting to MongoDB (the mongoimport path, like `cdc export`);"
+    " load them with `cdc archive mongoimport-commands`.",
+)
+@click.option("--restart", is_flag=True, help="Start over instead of continuing an interrupted snapshot.")
+def snapshot_command(
+    settings: Settings, collection_list: str | None, batch_size: int, export_only: bool, restart: bool
+) -> None:
     """Full migration of the captured tables (or some of them) to MongoDB, through the archive.
 
     Every key is enqueued into the outbox in keyset-paginated chunks, then drained and applied
@@ -122,31 +170,159 @@ def snapshot_command(settings: Settings, collection_list: str | None, batch_size
     the foreign-key columns (never unique ones: PostgreSQL enforces uniqueness, and a swap of
     unique values inside one batch would jam the applier). Needs the worker lock: stop `cdc run`
     first, or let it apply the enqueued keys.
+
+    Interrupted (Ctrl-C, SIGTERM: it stops after the current page or batch; twice: at once), it says
+    what is left and exits 130 (143). Running it again continues it: tables whose keys were all
+    enqueued are skipped, the others continue after their last key (recorded in PostgreSQL, table
+    cdc.snapshot_progress), and what was enqueued is drained. --restart starts over instead; so
+    does a snapshot of the other kind (--export-only or not). Use --restart after emptying the
+    target by hand: what the interrupted snapshot applied is not applied again.
+
+    With --export-only nothing is applied: the batches go to the archive in `cdc export`'s mode,
+    for `mongoimport` (see `cdc archive mongoimport-commands` and `cdc archive mark-loaded`). Pick it
+    only where `cdc export` drains the outbox, not next to a `cdc run` worker (it refuses one that
+    is running). No indexes are created.
     """
     names = [name.strip() for name in collection_list.split(",")] if collection_list else None
+    mode = "export" if export_only else "apply"
+    stop = snapshot.StopRequest().install()
     dsn = settings.pg_dsn()
-    applier = _applier(settings)
+    chosen: list[snapshot.Target] = []
+    try:
+        applier = None if export_only else _applier(settings)
+        with pg.connect(dsn) as conn:
+            _require_capture(conn)
+            if export_only and snapshot.worker_running(conn):
+                raise ConfigError(
+                    "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"
+                    " without --export-only"
+                )
+            chosen = snapshot.targets(conn, names)
+            total, fast = _snapshot_enqueue(conn, applier, chosen, mode=mode, restart=restart, stop=stop)
+        if applier is None:
+            _snapshot_export(dsn, settings, chosen, batch_size, stop)
+        else:
+            _snapshot_apply(dsn, settings, applier, chosen, total=total, fast=fast, batch_size=batch_size, stop=stop)
+    except (snapshot.Interrupted, KeyboardInterrupt):
+        _snapshot_interrupted(dsn, chosen, mode, collection_list)
+        raise click.exceptions.Exit(stop.exit_code) from None
+
+
+def _snapshot_enqueue(
+    conn: Any,
+    applier: Applier | None,
+    chosen: list[snapshot.Target],
+    *,
+    mode: str,
+    restart: bool,
+    stop: snapshot.StopRequest,
+) -> tuple[int, set[str]]:
+    """Enqueue the snapshot's keys, continuing an interrupted snapshot of the same kind."""
+    plan = None
+    why_not = snapshot.can_record(conn)
+    if why_not is not None:
+        log.warning("this snapshot cannot resume if it is interrupted: %s", why_not)
+    else:
+        plan = snapshot.plan_resume(conn, chosen, mode, restart=restart)
+        for line in plan.restarted:
+            log.warning("%s", line)
+        if plan.resuming:
+            since = min(step.started_at for step in plan.resumed.values())
+            finished = sum(1 for step in plan.resumed.values() if step.done)
+            click.echo(
+                f"continuing the snapshot interrupted since {since:%Y-%m-%d %H:%M:%S} ({finished} of "
+                f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)",
+                err=True,
+            )
+    with track("enqueue", unit="keys", scale=True, logger=log) as progress:
+        return snapshot.prepare_targets(
+            conn, applier.database if applier else None, chosen, progress, plan=plan, stop=stop.event
+        )
+
+
+def _snapshot_stopped(stop: snapshot.StopRequest) -> None:
+    if stop.event.is_set():
+        raise snapshot.Interrupted()
+
+
+def _snapshot_export(
+    dsn: str, settings: Settings, chosen: list[snapshot.Target], batch_size: int, stop: snapshot.StopRequest
+) -> None:
+    """--export-only: drain what was enqueued into archive batches (``export`` mode), no MongoDB."""
     with pg.connect(dsn) as conn:
-        _require_capture(conn)
-        chosen = snapshot.targets(conn, names)
-        with track("enqueue", unit="keys", scale=True, logger=log) as progress:
-            total, fast = snapshot.prepare_targets(conn, applier.database, chosen, progress)
-    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size)
+        waiting = ledger.backlog(conn).outbox_changes
+    with track("export", total=waiting, unit="keys", scale=True, logger=log) as progress:
+        exported = snapshot.export_enqueued(
+            dsn, settings.archive_dir, batch_size=batch_size, stop=stop.event, progress=progress
+        )
+    _snapshot_stopped(stop)
+    with pg.connect(dsn) as conn:
+        snapshot.forget(conn, chosen)
+    span = f" ({describe_ids(exported.batches)})" if exported.batches else ""
+    click.echo(
+        f"snapshot: {exported.changes} changes of {len(chosen)} collections exported in "
+        f"{len(exported.batches)} batches{span} to {settings.archive_dir} ({exported.rejected} rejected), not"
+        " applied: load them with `cdc archive mongoimport-commands`"
+    )
+
+
+def _snapshot_apply(
+    dsn: str,
+    settings: Settings,
+    applier: Applier,
+    chosen: list[snapshot.Target],
+    *,
+    total: int,
+    fast: set[str],
+    batch_size: int,
+    stop: snapshot.StopRequest,
+) -> None:
+    """Apply what was enqueued (and what an interrupted snapshot left) up to the outbox head now."""
+    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size, stop=stop.event)
     worker.fast_insert = fast
     if not worker.acquire(wait=False):
+        with pg.connect(dsn) as conn:
+            snapshot.forget(conn, chosen)  # every key is enqueued: the running worker finishes it
         click.echo(f"enqueued {total} keys; a running worker holds the lock and will apply them")
         return
     try:
         with pg.connect(dsn) as conn:
             head = drain.outbox_head(conn)
-        with track("apply", total=total, unit="keys", scale=True, logger=log) as progress:
+            waiting = ledger.backlog(conn).changes
+        with track("apply", total=waiting, unit="keys", scale=True, logger=log) as progress:
             worker.progress = progress
+            for batch_id in ledger.pending_batches(worker.conn):  # what an interrupted snapshot left
+                _snapshot_stopped(stop)
+                worker.apply_batch(batch_id)
             worker.cycle(up_to=head)
     finally:
         worker.release()
+    _snapshot_stopped(stop)
+    with pg.connect(dsn) as conn:
+        snapshot.forget(conn, chosen)
     click.echo(
-        f"snapshot: {total} rows of {len(chosen)} collections in {worker.stats.batches} batches "
+        f"snapshot: {total} rows of {len(chosen)} collections enqueued, {worker.stats.batches} batches applied "
         f"({worker.stats.rejected} rejected)"
+    )
+
+
+def _snapshot_interrupted(dsn: str, chosen: list[snapshot.Target], mode: str, collection_list: str | None) -> None:
+    """Two lines: what an interrupted snapshot leaves, and what to run."""
+    try:
+        with pg.connect(dsn, connect_timeout=10) as conn:
+            left = snapshot.describe_left(conn, chosen, mode)
+    except CdcError as exc:
+        left = f"what is left could not be read ({exc})"
+    again = ["cdc", "snapshot"]
+    if collection_list:
+        again += ["--collections", shlex.quote(collection_list)]
+    if mode == "export":
+        again.append("--export-only")
+    finish = "`cdc export --once` archives" if mode == "export" else "`cdc run --once` applies"
+    click.echo(f"cdc: snapshot interrupted: {left}", err=True)
+    click.echo(
+        f"cdc: run `{' '.join(again)}` to continue it (it skips what was enqueued), or {finish} what was enqueued",
+        err=True,
     )
 
 
@@ -205,11 +381,13 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     Into an empty database it rebuilds the state exactly. Batches the target records as applied
     (collection _cdc_batches) are skipped unless --force; a forced replay that runs through to the
     latest batch converges to the same state. Stopping early with --to can bring back rows that a
-    later batch deletes. Every batch's checksums are verified first; an incomplete batch stops it.
-    Batches removed by `cdc archive prune` that the target has not applied stop it before anything
-    is applied (rebuild with `cdc snapshot` instead). So does a missing batch folder that the ledger
-    (PostgreSQL, when configured) records as exported and the target has not applied. Ids burned by
-    an interrupted export, and gaps that cannot be checked without the ledger, are warnings.
+    later batch deletes. Every batch of the range is checked before any is applied (its manifest,
+    every file's sha256 and line count): an incomplete or damaged batch stops the replay with
+    nothing applied. Batches removed by `cdc archive prune` that the target has not applied stop
+    it before anything is applied too (rebuild with `cdc snapshot` instead). So does a missing
+    batch folder that the ledger (PostgreSQL, when configured) records as exported and the target
+    has not applied. Ids burned by an interrupted export, and gaps that cannot be checked without
+    the ledger, are warnings.
     """
     applier = _applier(settings)
     done = applier.applied_batches()
@@ -221,11 +399,16 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     ]
     gaps = check_replay(directory, [int(path.name) for path in paths], done, first, last, committed=committed)
     _warn_gaps(directory, gaps, unconsulted)
-    applied = skipped = 0
-    with track("replay", total=len(paths), unit="batches", logger=log) as progress:
-        for path in paths:
+    batches = []
+    with track("check", total=len(paths), unit="batches", logger=log) as progress:
+        for path in paths:  # every checksum before the first write: a damaged batch stops it with nothing applied
             progress.note(path.name)
-            batch = archive.read_batch(path)
+            batches.append(archive.read_batch(path))
+            progress.update(1)
+    applied = skipped = 0
+    with track("replay", total=len(batches), unit="batches", logger=log) as progress:
+        for batch in batches:
+            progress.note(batch.path.name)
             if batch.batch_id in done and not force:
                 skipped += 1
             else:
