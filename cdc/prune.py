@@ -5,7 +5,8 @@ A batch folder is removed only when all of these hold:
 - the ledger knows the batch, and its folder's manifest has the ledger's position range (a folder
   of another epoch, from before a reinstall, is kept);
 - the batch is applied to the target: the ledger says ``applied`` (``cdc run``, ``cdc snapshot``:
-  MongoDB acknowledged every write), or, for an ``exported`` batch of ``cdc export``, the target's
+  MongoDB acknowledged every write; ``cdc archive mark-loaded``: a ``cdc export`` batch loaded with
+  mongoimport), or, for an ``exported`` batch of ``cdc export``, the target's
   own record (collection ``_cdc_batches``, written by ``cdc replay``) holds it, stamped after the
   ledger's ``exported_at`` (an older record belongs to another epoch);
 - it was applied more than N days ago (the ledger's ``applied_at``, or the target record's).
@@ -101,7 +102,7 @@ def plan(
             """SELECT b.batch_id, b.mode, b.state, b.pos_min::text, b.pos_max::text, b.exported_at, b.applied_at
                FROM cdc.batches b
                WHERE b.batch_id = ANY(%s)
-                  OR (b.state = 'exported' AND b.mode = 'export'
+                  OR (b.state IN ('exported', 'applied') AND b.mode = 'export'
                       AND EXISTS (SELECT 1 FROM cdc.batch_changes c WHERE c.batch_id = b.batch_id))
                ORDER BY b.batch_id""",
             [sorted(folders)],
