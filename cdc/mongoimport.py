@@ -46,7 +46,7 @@ def _js_string(text: str, shell: str) -> str:
     whose Windows edition strips double quotes inside the arguments of native commands."""
     if shell == "sh":
         return json.dumps(text)  # ASCII only: non-ASCII characters become \\u escapes
-    escaped = json.dumps(text)[1:-1].replace('\\"', '"').replace("'", "\\'")
+    escaped = json.dumps(text)[1:-1].replace('\\"', "\\u0022").replace("'", "\\u0027")
     return f"'{escaped}'"
 
 

@@ -39,7 +39,7 @@ def _progress(env):
 
 def _rows(env, tables=ORININU):
     with psycopg.connect(env["CDC_PG_DSN"]) as conn:
-        return sum(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in tables)  # noqa: S608
+        return sum(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in tables)
 
 
 def _enqueued(stdout):
@@ -86,7 +86,7 @@ def test_sigint_while_a_page_waits_says_what_is_left_and_a_rerun_skips_it(env, c
     blocked = order[2]
     holder = psycopg.connect(env["CDC_PG_DSN"])
     try:
-        holder.execute(f"SELECT 1 FROM {blocked} LIMIT 1 FOR UPDATE")  # noqa: S608 (a fixed table name)
+        holder.execute(f"SELECT 1 FROM {blocked} LIMIT 1 FOR UPDATE")
         process = subprocess.Popen(
             [sys.executable, "-m", "cdc", "snapshot"],
             env=clean_env(env),
@@ -109,7 +109,7 @@ def test_sigint_while_a_page_waits_says_what_is_left_and_a_rerun_skips_it(env, c
     finally:
         holder.rollback()
         holder.close()
-    stdout, stderr = process.communicate(timeout=120)
+    _stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert "cdc: snapshot interrupted: keys of 2 of 7 collections fully enqueued" in stderr, stderr

@@ -581,3 +581,84 @@ def test_ops_readme_covers_every_asset() -> None:
             assert str(path.relative_to(OPS)) in readme, f"ops/README.md does not mention {path.relative_to(OPS)}"
     assert "cdc status" in readme
     assert "0600" in readme
+
+
+# ---- the mongoimport path: export, mongoimport, mark-loaded ---------------------------------------
+
+MONGOIMPORT_TASK_XML = OPS / "windows" / "cdc-mongoimport.xml"
+MONGOIMPORT_CRON = OPS / "cron" / "cdc-mongoimport.cron"
+LOAD_SH = OPS / "mongoimport" / "load-batches.sh"
+LOAD_PS1 = OPS / "mongoimport" / "load-batches.ps1"
+
+
+def script_cdc_calls(path: Path, caller: str) -> list[list[str]]:
+    """The arguments of each ``caller ARGS`` line of a script (``"$CDC"`` in sh, ``& $cdc`` in PowerShell),
+    up to a redirection or a shell operator; PowerShell variables stand for values."""
+    found = []
+    for line in read_text(path).splitlines():
+        if line.lstrip().startswith("#") or caller not in line:
+            continue
+        rest = line.split(caller, 1)[1]
+        args: list[str] = []
+        for token in split_shell(rest.replace("$", "VAR_")):
+            if _SHELL_OPERATORS.match(token) or token.startswith((">", "<")):
+                break
+            args.append(token)
+        found.append(args)
+    return found
+
+
+def test_mongoimport_task_xml_runs_the_loader_every_5_minutes() -> None:
+    raw = MONGOIMPORT_TASK_XML.read_bytes()
+    assert raw.startswith(codecs.BOM_UTF16_LE), "UTF-16, as Task Scheduler exports it"
+    assert 'encoding="UTF-16"' in read_text(MONGOIMPORT_TASK_XML)
+    task = ET.fromstring(raw)
+    assert [e.text for e in task.findall("t:Triggers/*/t:Repetition/t:Interval", NS)] == ["PT5M"]
+    assert task.findtext("t:Settings/t:MultipleInstancesPolicy", namespaces=NS) == "IgnoreNew"
+    assert task.findtext("t:Settings/t:ExecutionTimeLimit", namespaces=NS) == "PT1H"
+    assert task.findall("t:Principals/t:Principal/t:Password", NS) == []
+    (action,) = task.findall("t:Actions/t:Exec", NS)
+    assert action.findtext("t:Command", namespaces=NS) == "powershell.exe"
+    arguments = action.findtext("t:Arguments", default="", namespaces=NS).split()
+    assert {"-NoProfile", "-NonInteractive"} <= set(arguments)
+    script = arguments[arguments.index("-File") + 1]
+    assert ntpath.basename(script) == LOAD_PS1.name and LOAD_PS1.is_file()
+
+
+def test_mongoimport_cron_line_runs_the_loader_every_5_minutes() -> None:
+    jobs = [
+        line.split(None, 6)
+        for line in read_text(MONGOIMPORT_CRON).splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and not re.match(r"[A-Za-z_][A-Za-z0-9_]*=", line)
+    ]
+    assert len(jobs) == 1
+    fields = jobs[0]
+    assert " ".join(fields[:5]) == EVERY_5_MINUTES and fields[5] == "orininu-cdc"
+    command = fields[6]
+    assert "%" not in command, "cron turns % into a newline"
+    tokens = split_shell(command)
+    assert tokens[tokens.index("flock") + 1] == "-n"
+    assert tokens[tokens.index("timeout") + 1] == "1h"
+    assert ENV_FILE in tokens and tokens[tokens.index(ENV_FILE) - 1] == "."
+    assert any(posixpath.basename(token) == LOAD_SH.name for token in tokens)
+    variables = dict(
+        line.split("=", 1) for line in read_text(MONGOIMPORT_CRON).splitlines() if re.match(r"[A-Z_]+=", line)
+    )
+    assert is_cdc(variables["CDC"]), "the loader runs this cdc"
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_mongoimport_loader_script_parses_and_calls_real_commands() -> None:
+    result = subprocess.run(["sh", "-n", str(LOAD_SH)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    text = read_text(LOAD_SH)
+    assert text.startswith("#!/bin/sh\n") and "set -eu" in text
+    assert "umask 077" in text, "the mongoimport config file holds the URI"
+    sh_calls = script_cdc_calls(LOAD_SH, '"$CDC"')
+    ps_calls = script_cdc_calls(LOAD_PS1, "& $cdc")
+    for calls in (sh_calls, ps_calls):
+        assert [args[:2] for args in calls] == [["export", "--once"], ["archive", "mongoimport-commands"]]
+        assert [problem for args in calls for problem in invocation_problems(args)] == []
+        assert "--unloaded" in calls[1] and "--mark-loaded" in calls[1] and "--config" in calls[1]
+    assert "--shell" in ps_calls[1] and ps_calls[1][ps_calls[1].index("--shell") + 1] == "powershell"
+    assert "$LASTEXITCODE" in read_text(LOAD_PS1), "stops at the first line that fails"
