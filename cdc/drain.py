@@ -338,12 +338,14 @@ def export_batch(
     up_to: int | None = None,
     mode: str = "export",
     fence: Fence | None = None,
+    log_level: int = logging.INFO,
 ) -> ExportedBatch | None:
     """Claim, read, write and commit one batch; None when there is nothing to claim.
 
     ``conn`` must come from ``drain_connection`` (REPEATABLE READ). In ``export`` mode the batch is
     final once written (state ``exported``); ``run`` mode leaves it for the applier. ``fence`` runs
     in the claim's transaction, before the claim, and raises to refuse it (the worker's lock check).
+    ``log_level`` is the level of the batch's "batch N: … changes" line.
     """
     started = time.perf_counter()
     archive.check_writable(archive_dir)  # before the claim: an unwritable archive costs no batch id
@@ -391,7 +393,8 @@ def export_batch(
         "seconds": round(exported.seconds, 6),
         "collections": {name: dict(counter) for name, counter in manifest_counts.items()},
     }
-    log.info(
+    log.log(
+        log_level,
         "batch %(batch)d: %(changes)d changes (%(upserts)d upserts, %(deletes)d deletes, %(rejected)d rejected)"
         " in %(seconds).3fs",
         fields,

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WORKER_LOCK = (0x0CDC, 3)  # pg_advisory_lock(int, int)
 DEBOUNCE_S = 0.005
+SUMMARY_EVERY_S = 10.0  # `cdc run`: one summary line this often while batches are applied
 
 
 @dataclass
@@ -167,7 +168,11 @@ class Worker:
         batch_size: int = 50_000,
         stop: threading.Event | None = None,
         metrics: Metrics | None = None,
+        batch_log_level: int = logging.INFO,
+        summary_every: float | None = None,
     ) -> None:
+        """``batch_log_level``: the level of each batch's lines ("batch N: … changes" when exported,
+        "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often."""
         self.dsn = dsn
         self.applier = applier
         self.archive_dir = archive_dir
@@ -175,6 +180,8 @@ class Worker:
         self.stop = stop or threading.Event()
         self.stats = RunStats()
         self.metrics = metrics
+        self.batch_log_level = batch_log_level
+        self.summary_every = summary_every
         if metrics is not None:
             applier.on_retry = metrics.retried
         self.fast_insert: set[str] = set()  # collections known empty: the insert path
@@ -307,7 +314,8 @@ class Worker:
             "seconds": round(seconds, 4),
             "collections": {name: dict(counts) for name, counts in result.by_collection.items()},
         }
-        log.info(
+        log.log(
+            self.batch_log_level,
             "batch %(batch)d applied: %(upserts)d upserts, %(deletes)d deletes, %(stale)d stale, "
             "%(truncated)d truncated in %(seconds).3fs",
             fields,
@@ -341,6 +349,7 @@ class Worker:
                 up_to=up_to,
                 mode="run",
                 fence=self.assert_lock_holder,
+                log_level=self.batch_log_level,
             )
             if exported is None:
                 if self.metrics is not None:
@@ -404,7 +413,10 @@ class Worker:
     def run(self, *, interval: float, listen: bool, once: bool) -> RunStats:
         if not self.acquire():
             return self.stats
+        summary = Summary(self.stats, BacklogReader(self.dsn), every=self.summary_every) if self.summary_every else None
         try:
+            if summary is not None:
+                summary.start()
             if once:
                 self.partitions.check()  # before the head is read: the keys it records are drained too
                 self.cycle(up_to=drain.outbox_head(self.conn))
@@ -427,6 +439,8 @@ class Worker:
                 backoff.succeeded()
                 self._wait(interval, listen)
         finally:
+            if summary is not None:
+                summary.close()
             self._close_listener()
             self.release()
         return self.stats
@@ -485,6 +499,105 @@ class Worker:
             self.acquire()
 
 
+class BacklogReader:
+    """The backlog on a connection of its own (autocommit, so each reading is live); None while
+    PostgreSQL cannot be read (the worker's own retries report that)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __call__(self) -> ledger.Backlog | None:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            return ledger.backlog(self._conn)
+        except (CdcError, psycopg.Error):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+
+class Summary:
+    """Every ``every`` seconds, one INFO line for what the worker did since the last tick: batches,
+    changes, stale, rejected, then the backlog and its age. A tick that applied nothing and
+    rejected nothing prints nothing, so an idle worker stays quiet. ``cdc run`` uses it instead of
+    a line per batch (those are debug lines: ``-v``)."""
+
+    def __init__(
+        self,
+        stats: RunStats,
+        backlog: Callable[[], ledger.Backlog | None],
+        *,
+        every: float = SUMMARY_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stats = stats
+        self.backlog = backlog
+        self.every = every
+        self.clock = clock
+        self._seen = self._counts()
+        self._since = clock()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        return self.stats.batches, self.stats.changes, self.stats.stale, self.stats.rejected
+
+    def tick(self) -> bool:
+        """Log the line for the time since the last tick; False, and nothing logged, when nothing happened."""
+        counts, now = self._counts(), self.clock()
+        batches, changes, stale, rejected = (new - old for new, old in zip(counts, self._seen, strict=True))
+        fields: dict[str, Any] = {
+            "seconds": round(now - self._since, 1),
+            "batches": batches,
+            "changes": changes,
+            "stale": stale,
+            "rejected": rejected,
+            "total_batches": counts[0],
+        }
+        self._seen, self._since = counts, now
+        if not (batches or rejected):
+            return False
+        waiting = self.backlog()
+        if waiting is None:
+            log.info(
+                "last %(seconds).0fs: %(batches)d batches, %(changes)d changes (%(stale)d stale, "
+                "%(rejected)d rejected); backlog unknown (PostgreSQL cannot be read)",
+                fields,
+                extra={"action": "summary"},
+            )
+            return True
+        fields.update(backlog=waiting.changes, lag_s=round(waiting.oldest_age_s, 1))
+        log.info(
+            "last %(seconds).0fs: %(batches)d batches, %(changes)d changes (%(stale)d stale, "
+            "%(rejected)d rejected); backlog %(backlog)d changes, oldest %(lag_s).1fs",
+            fields,
+            extra={"action": "summary"},
+        )
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cdc-summary", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.every):
+            self.tick()
+
+    def close(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join()
+        closer = getattr(self.backlog, "close", None)
+        if callable(closer):
+            closer()
+
+
 class _Exporter:
     """Exports batches on a thread, ahead of the applier, until the outbox is drained.
 
@@ -516,6 +629,7 @@ class _Exporter:
                     up_to=self.up_to,
                     mode="run",
                     fence=self.worker.assert_lock_holder,
+                    log_level=self.worker.batch_log_level,
                 )
                 if exported is None:
                     self.drained = True

@@ -37,13 +37,14 @@ def test_json_logs_carry_per_batch_fields_and_progress_and_no_secret(dbs, cdc, t
     add_users(dbs.pg_dsn, 1, 2)
     snapshot = json_lines(cdc("--log-format", "json", "snapshot", env=env))
     add_users(dbs.pg_dsn, 3, 4, 5)
-    run = json_lines(cdc("--log-format", "json", "run", "--once", "--batch-size", "2", env=env))
+    # `cdc run` logs each batch at debug level (-v); without it, a summary every 10 s
+    run = json_lines(cdc("-v", "--log-format", "json", "run", "--once", "--batch-size", "2", env=env))
     verify = json_lines(cdc("--log-format", "json", "verify", env=env))
 
     applied = [entry for entry in run if entry.get("action") == "batch_applied"]
     assert [entry["batch"] for entry in applied] == [2, 3]  # two keys, then one
     for entry in applied:
-        assert entry["logger"] == "cdc.worker" and entry["level"] == "info"
+        assert entry["logger"] == "cdc.worker" and entry["level"] == "debug"
         assert entry.keys() >= BATCH_FIELDS
         assert isinstance(entry["seconds"], float) and entry["seconds"] >= 0
         assert entry["message"].startswith(f"batch {entry['batch']} applied: ")
