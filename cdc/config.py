@@ -17,13 +17,25 @@ DEFAULT_MONGO_DB = "orininu"
 LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 
-def refuse_password_in_argument(flag: str, value: str | None) -> None:
-    """Passwords on the command line are visible to every local user through ``ps``."""
-    if value and secrets_in(value):
-        raise UsageError(
-            f"{flag} must not contain a password (anyone can read process arguments): "
-            "put the URI in the environment, or use PGPASSFILE / a 0600 file"
+def refuse_password_in_argument(flag: str, value: str | None, variable: str | None = None) -> None:
+    """Passwords on the command line are visible to every local user through ``ps``.
+
+    The refusal names the server's own ways: ``variable`` (default ``CDC_PG_DSN`` for ``--pg``,
+    ``CDC_MONGO_URI`` for ``--mongo``), and for PostgreSQL libpq's ``PGPASSFILE``.
+    """
+    if not value or not secrets_in(value):
+        return
+    if flag == "--mongo":
+        ways = (
+            f"put the URI in {variable or 'CDC_MONGO_URI'} in the environment, for instance from a 0600 file "
+            "(`set -a; . FILE; set +a`, or systemd's EnvironmentFile=)"
         )
+    else:
+        ways = (
+            f"put the DSN in {variable or 'CDC_PG_DSN'} in the environment, "
+            "or keep the password in PGPASSFILE (a 0600 file)"
+        )
+    raise UsageError(f"{flag} must not contain a password (anyone can read process arguments): {ways}")
 
 
 class ServerDown(ConfigError):
