@@ -13,7 +13,7 @@ from cdc import capture, drain, shutdown
 from cdc.archive import ArchiveWriteError
 from cdc.cli import settings_options
 from cdc.config import Settings
-from cdc.errors import ConfigError, PostgresUnavailable
+from cdc.errors import CdcError, ConfigError, PostgresUnavailable
 from cdc.worker import Backoff
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 @click.command()
 @settings_options
-@click.option("--once", is_flag=True, help="Drain up to the outbox position seen at start, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Drain up to the outbox position seen at start, then exit (exit 1 when a signal stops it first).",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -47,7 +51,8 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     Without --once, a fault that may pass (PostgreSQL unreachable, an archive folder that cannot be
     written) is retried with a pause growing from 1 s to 30 s, logged once and then every 5 minutes
     while it lasts. With --once it exits 1. Either way a batch id is taken only when its batch can
-    be written.
+    be written. With --once, a stop by a signal (SIGTERM, SIGINT) before the outbox was drained
+    exits 1 too, after the batches already written, so a cron `timeout` does not look like success.
     """
     stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
@@ -77,6 +82,8 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     finally:
         conn.close()
     click.echo(f"exported {totals[1]} changes in {totals[0]} batches to {settings.archive_dir}")
+    if once and stop.is_set():
+        raise CdcError("stopped by a signal before the outbox was drained: the rest waits for the next run")
 
 
 def _drain(
