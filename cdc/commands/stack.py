@@ -53,9 +53,21 @@ def up(data_dir: Path, pg_port: int, mongo_port: int, fast: bool) -> None:
 @stack.command()
 @data_dir_option
 def down(data_dir: Path) -> None:
-    """Stop both servers cleanly; their data stays under --data-dir."""
-    Stack(data_dir).down()
-    click.echo("stack stopped", err=True)
+    """Stop both servers cleanly; their data stays under --data-dir.
+
+    Says so when there is nothing to stop: no stack under --data-dir, or one already stopped (exit 0
+    either way, so a clean-up script can run it twice).
+    """
+    embedded = Stack(data_dir)
+    if not any(server.running for server in embedded.status()):
+        paths = embedded.paths
+        if any(path.exists() for path in (paths.state_file, paths.env_file, paths.pgdata, paths.mongo_data)):
+            click.echo(f"the embedded stack under {data_dir} is not running: nothing to stop", err=True)
+        else:
+            click.echo(f"no embedded stack under {data_dir}: nothing to stop (is --data-dir right?)", err=True)
+        return
+    embedded.down()
+    click.echo(f"stack under {data_dir} stopped (its data stays)", err=True)
 
 
 @stack.command()
