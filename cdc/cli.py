@@ -100,21 +100,30 @@ def settings_options(func: F) -> F:
 
 def metrics_options(func: F) -> F:
     """``--metrics-port`` and ``--metrics-host``: serve Prometheus metrics while the command runs."""
-    func = click.option(
-        "--metrics-host",
-        default="127.0.0.1",
-        show_default=True,
-        envvar="CDC_METRICS_HOST",
-        show_envvar=True,
-        help="Address of the metrics endpoint (0.0.0.0 in a container, so Prometheus can reach it).",
-    )(func)
-    return click.option(
-        "--metrics-port",
-        type=click.IntRange(min=1, max=65535),
-        envvar="CDC_METRICS_PORT",
-        show_envvar=True,
-        help="Serve Prometheus metrics on http://HOST:PORT/metrics [default: no endpoint].",
-    )(func)
+    return metrics_options_defaulting_to("no endpoint")(func)
+
+
+def metrics_options_defaulting_to(port_default: str) -> Callable[[F], F]:
+    """``metrics_options`` for a command whose endpoint without --metrics-port is ``port_default`` (its help)."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--metrics-host",
+            default="127.0.0.1",
+            show_default=True,
+            envvar="CDC_METRICS_HOST",
+            show_envvar=True,
+            help="Address of the metrics endpoint (0.0.0.0 in a container, so Prometheus can reach it).",
+        )(func)
+        return click.option(
+            "--metrics-port",
+            type=click.IntRange(min=1, max=65535),
+            envvar="CDC_METRICS_PORT",
+            show_envvar=True,
+            help=f"Serve Prometheus metrics on http://HOST:PORT/metrics [default: {port_default}].",
+        )(func)
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

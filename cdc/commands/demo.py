@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ import click
 from pymongo.database import Database
 
 from cdc import capture, dql_mongo, drain, ledger, mapping, mongo, orininu, pg, snapshot, sqlfiles
-from cdc.cli import metrics_options
+from cdc.cli import metrics_options_defaulting_to
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
 from cdc.config import (
@@ -162,7 +163,7 @@ def resolve_targets(
     " model\"), a mapping file of your own, or 'none' for one collection per table.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the demo's targets and exit, touching nothing.")
-@metrics_options
+@metrics_options_defaulting_to(f"{DEMO_METRICS_PORT}, or a free port when {DEMO_METRICS_PORT} is taken")
 def demo(
     *,
     data_dir: Path,
@@ -184,9 +185,10 @@ def demo(
     Stack up, schema, generate (replacing the Orininu tables' rows and the MongoDB database),
     install capture, snapshot, then a live workload with `run --listen` for --duration seconds
     (a live line of throughput, backlog and lag), verify, and a summary with the commit-to-MongoDB
-    latency. Exits 0 only when verify is clean. Stops the embedded stack at the end unless --keep.
-    Serves Prometheus metrics while it runs, on --metrics-port or else 9108 (a free port when 9108
-    is taken; the address is printed).
+    latency. Exits 0 only when verify is clean. Stops the embedded stack at the end unless --keep,
+    and ends with a few commands to try next. Always serves Prometheus metrics while it runs: on
+    --metrics-port when given (an error if it is taken), else on 9108, or on a free port when 9108
+    is taken; the address is printed once. Each batch's own log lines are debug lines (-v).
 
     The demo replaces data, so it only writes where it is told to for the demo: the embedded stack
     under --data-dir, or external servers named by both --pg and --mongo (or CDC_DEMO_PG_DSN and
@@ -196,9 +198,9 @@ def demo(
     """
     ctx = click.get_current_context()
     if ctx.get_parameter_source("pg_dsn") == click.core.ParameterSource.COMMANDLINE:
-        refuse_password_in_argument("--pg", pg_dsn)
+        refuse_password_in_argument("--pg", pg_dsn, "CDC_DEMO_PG_DSN")
     if ctx.get_parameter_source("mongo_uri") == click.core.ParameterSource.COMMANDLINE:
-        refuse_password_in_argument("--mongo", mongo_uri)
+        refuse_password_in_argument("--mongo", mongo_uri, "CDC_DEMO_MONGO_URI")
     targets = resolve_targets(data_dir, pg_dsn or None, mongo_uri or None, mongo_db, archive_dir)
     ignored = [name for name in IGNORED_VARIABLES if os.environ.get(name)]
     if ignored:
@@ -230,6 +232,34 @@ def demo(
         if targets.embedded and not keep:
             stack.down()
             click.echo("stack stopped (pass --keep to leave it running)")
+    click.echo("\n".join(next_steps(targets, keep=keep)))
+
+
+def next_steps(targets: Targets, *, keep: bool) -> list[str]:
+    """What to try after a demo that went well: a few commands, pointed at the demo's servers."""
+    folder = ""
+    if targets.embedded and targets.data_dir != DEFAULT_DATA_DIR:
+        folder = f" --data-dir {shlex.quote(str(targets.data_dir))}"
+    options = folder + (f" --mongo-db {shlex.quote(targets.mongo_db)}" if targets.mongo_db != DEFAULT_MONGO_DB else "")
+    commands = []
+    if targets.embedded and not keep:
+        commands.append((f"cdc demo --keep{options}", "the same, leaving the stack running for these:"))
+    commands += [
+        (f"cdc status{options}", "backlog, lag, the last batches exported and applied"),
+        (f"cdc workload --rate 50 --duration 60{folder} &", "a user's changes for a minute, in the background"),
+        (f"cdc run --listen{options}", "sync them as they commit (a summary every 10 s; Ctrl-C stops it)"),
+        (f"cdc verify{options}", "compare PostgreSQL and MongoDB row by row"),
+    ]
+    if targets.embedded:
+        commands.append((f"cdc stack down{folder}", "stop the embedded stack"))
+    lines = ["what to try next:"]
+    if not targets.embedded:
+        lines.append(
+            "  (first export CDC_PG_DSN and CDC_MONGO_URI for the demo's servers, and "
+            f"CDC_ARCHIVE_DIR={shlex.quote(str(targets.archive_dir))})"
+        )
+    width = max(len(command) for command, _ in commands)
+    return lines + [f"  {command:<{width}}  {what}" for command, what in commands]
 
 
 def _mapping_file(path: str) -> tuple[str, str]:
@@ -260,12 +290,17 @@ def _demo(
     metrics = Metrics(dsn)
     try:
         host, port = serve
+        metrics_log = logging.getLogger("cdc.metrics")
+        level = metrics_log.level
+        metrics_log.setLevel(logging.WARNING)  # its "metrics on" log line: the address is printed once, here
         try:  # the demo always serves its metrics: DEMO_METRICS_PORT, or any free port when that is taken
             bound = metrics.serve(host, port or DEMO_METRICS_PORT)
         except ConfigError:
             if port:
                 raise
             bound = metrics.serve(host, 0)
+        finally:
+            metrics_log.setLevel(level)
         click.echo(f"metrics on http://{host}:{bound}/metrics (curl it while the demo runs)")
         rows = _prepare(dsn, counts, scale, mapping_file)
         _snapshot(dsn, database, settings, rows, metrics)
@@ -294,7 +329,14 @@ def _prepare(dsn: str, counts: Counts, scale: str, mapping_file: tuple[str, str]
 
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
-    worker = Worker(dsn, Applier(database), settings.archive_dir, batch_size=snapshot.BATCH_SIZE, metrics=metrics)
+    worker = Worker(
+        dsn,
+        Applier(database),
+        settings.archive_dir,
+        batch_size=snapshot.BATCH_SIZE,
+        metrics=metrics,
+        batch_log_level=logging.DEBUG,  # a progress line instead (each batch with -v)
+    )
     with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
         keys, worker.fast_insert = snapshot.prepare_targets(conn, database, snapshot.targets(conn, None), progress)
     worker.acquire()
@@ -311,7 +353,14 @@ def _live_sync(
     dsn: str, database: Database[Any], settings: Settings, duration: float, rate: float, *, metrics: Metrics | None
 ) -> LatencyProbe:
     stop = threading.Event()
-    worker = Worker(dsn, Applier(database), settings.archive_dir, stop=stop, metrics=metrics)
+    worker = Worker(
+        dsn,
+        Applier(database),
+        settings.archive_dir,
+        stop=stop,
+        metrics=metrics,
+        batch_log_level=logging.DEBUG,  # the live line instead (each batch with -v)
+    )
     worker_thread = threading.Thread(
         target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True
     )
@@ -341,10 +390,22 @@ def _live_sync(
     stop.set()
     worker_thread.join(timeout=60)
     click.echo(
-        f"[6/7] live sync: {workload.stats.changes} changes at {workload.stats.rate:.0f}/s, "
-        f"{worker.stats.batches} batches applied"
+        f"[6/7] live sync: {workload.stats.changes} changes made at {workload.stats.rate:.0f}/s; "
+        f"{worker.stats.changes} applied ({worker.stats.stale} stale) in {worker.stats.batches} batches"
     )
+    click.echo("\n".join(APPLIED_VS_MADE))
     return probe
+
+
+# why the live lines' "applied" differs from "made" (more often above it than below, with a document model)
+APPLIED_VS_MADE = (
+    "      made: rows the workload changed; applied: MongoDB documents written, stale ones included",
+    "      (a write skipped because MongoDB already held a newer version of that document). With a",
+    "      document model one row change refreshes every document that shows the row (a song's title",
+    "      is in its song, its album and every playlist holding it), and the latency probe's updates",
+    "      (artist 1, twice a second) are applied but not made; several changes to one key within",
+    "      one batch are applied once, which pulls the other way.",
+)
 
 
 def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
