@@ -76,6 +76,7 @@ def _install_table(
     known = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [table.relid]).fetchone() is not None
     triggers.create_root_functions(conn, table, notify, joins, shown)
     _register(conn, table, notify, set_exclusions)
+    conn.execute("UPDATE cdc.captured SET join_columns = %s WHERE relid = %s", [list(joins), table.relid])
     for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
         log.info("%s", line, extra={"action": "install_part", "table": table.display})
 
@@ -219,7 +220,9 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
                 who
             )
         )
-        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts TO {}").format(who))
+        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts, cdc.mapping TO {}").format(who))
+        # snapshots record their progress (resume after an interrupt)
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.snapshot_progress TO {}").format(who))
         conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
         for info in table_infos:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))
@@ -251,6 +254,13 @@ def uninstall(
             chosen = captured
         else:
             chosen = tables.find_all(conn, table_names, schema)
+            model = mapping.load(conn)
+            mapped = [t.display for t in (model.tables() if model is not None else []) if t.relid in chosen]
+            if mapped:
+                raise ConfigError(
+                    f"{', '.join(mapped)} is read by the installed mapping: install a mapping without it first"
+                    " (`cdc install --mapping FILE`, or `--mapping none`)"
+                )
             missing = [relid for relid in chosen if relid not in captured]
             if missing:
                 info = tables.describe(conn, missing[0], excluded=())

@@ -34,7 +34,7 @@ from psycopg import sql
 from cdc.codec import BSON_MAX_SIZE, Column, Converter, converter, position, select_expression
 from cdc.mapping import Collection, DocumentModel, Node
 from cdc.tables import TableInfo
-from cdc.triggers import joins_type_name, key_text, key_type_name
+from cdc.triggers import key_text, key_type_name
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
         " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k' AND c.shown IS NOT FALSE"
     ).format(
         sql.SQL(", ").join(
-            sql.SQL("(j.old::{}).{}").format(joins_type_name(table.relid), sql.Identifier(c))
+            sql.SQL("(j.old::jsonb ->> {})::{}").format(sql.Literal(c), sql.SQL(table.key_type(c)))
             for c in node.join_columns
             if c in recorded
         ),
@@ -154,12 +154,10 @@ def collect_roots(conn: psycopg.Connection[Any], model: DocumentModel, batch_id:
     for collection in model.collections:
         root = collection.root.table
         if truncated & {node.table.relid for node in collection.nodes()}:
-            _insert_roots(
-                conn,
-                collection,
-                sql.SQL("SELECT {} FROM {} AS t").format(key_text(root, "t"), root.qualified),
-                batch_id,
-            )
+            every = sql.SQL("SELECT {} FROM {} AS t").format(key_text(root, "t"), root.qualified)
+            _insert_roots(conn, collection, every, batch_id)
+            # and the roots changed in the batch, whose rows may be gone (their documents are deleted)
+            _insert_roots(conn, collection, _changed_keys(root, "kr"), batch_id)
         else:
             for node in collection.nodes():
                 if node is collection.root and node.table.relid in changed | refreshed:

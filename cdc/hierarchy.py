@@ -149,25 +149,43 @@ def drift(conn: psycopg.Connection[Any]) -> list[Drift]:
     return [Drift(int(root), int(member), str(what)) for root, member, what in rows]
 
 
+def _joins(conn: psycopg.Connection[Any], relid: int) -> tuple[str, ...]:
+    row = conn.execute(
+        "SELECT to_jsonb(cp) -> 'join_columns' FROM cdc.captured cp WHERE relid = %s", [relid]
+    ).fetchone()
+    return tuple(str(column) for column in row[0]) if row and isinstance(row[0], list) else ()
+
+
 def _record_own_keys(conn: psycopg.Connection[Any], root: TableInfo, member: sql.Identifier) -> None:
-    """Record the keys of the member's own rows as changes of the root (read again at drain time)."""
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k)"
-            " FROM (SELECT {} AS k FROM ONLY {} AS r) AS rows HAVING count(*) > 0"
-        ).format(sql.Literal(root.relid), triggers.key_text(root, "r"), member)
-    )
+    """Record the keys (and join values) of the member's own rows as changes of the root (read again at
+    drain time)."""
+    conn.execute(triggers.own_rows_as_changes(root, member, _joins(conn, root.relid)))
 
 
-def sync(conn: psycopg.Connection[Any], root: TableInfo, *, notify: bool, record_new: bool) -> list[str]:
+def _healthy(conn: psycopg.Connection[Any], relid: int) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s AND tgenabled = 'A' AND tgname LIKE %s",
+        [relid, triggers.TRIGGER_NAME_PATTERN],
+    ).fetchone()
+    return bool(row and row[0] == len(triggers.TRIGGERS))
+
+
+def sync(
+    conn: psycopg.Connection[Any], root: TableInfo, *, notify: bool, record_new: bool, refresh: bool = True
+) -> list[str]:
     """Bring one root's hierarchy in step, in the caller's transaction; returns what was done, a line each.
 
     ``record_new``: record the rows of members that were not captured before as changes (not on a
-    first install, whose snapshot reads them anyway).
+    first install, whose snapshot reads them anyway). ``refresh``: put the triggers on every member
+    again (an install); otherwise only on those that miss them (the worker's reconcile, which so
+    locks no partition that is in step).
     """
     done: list[str] = []
     hierarchy = in_hierarchy(conn, root.relid)
-    triggers.attach(conn, root, root.relid, root.qualified, notify=notify, in_hierarchy=hierarchy)
+    joins = _joins(conn, root.relid)
+    was = conn.execute("SELECT in_hierarchy FROM cdc.captured WHERE relid = %s", [root.relid]).fetchone()
+    if refresh or not _healthy(conn, root.relid) or (was is not None and bool(was[0]) != hierarchy):
+        triggers.attach(conn, root, root.relid, root.qualified, notify=notify, in_hierarchy=hierarchy, joins=joins)
     conn.execute("UPDATE cdc.captured SET in_hierarchy = %s WHERE relid = %s", [hierarchy, root.relid])
     members = descendants(conn, root.relid)
     recorded = {
@@ -178,7 +196,9 @@ def sync(conn: psycopg.Connection[Any], root: TableInfo, *, notify: bool, record
     }
     for member in members:
         _forget_own_capture(conn, member, root)
-        triggers.attach(conn, root, member.relid, member.qualified, notify=notify, in_hierarchy=True)
+        _leave_other_root(conn, member, root)
+        if refresh or member.relid not in recorded or not _healthy(conn, member.relid):
+            triggers.attach(conn, root, member.relid, member.qualified, notify=notify, in_hierarchy=True, joins=joins)
         conn.execute(
             """INSERT INTO cdc.captured_parts (relid, root_relid, schema_name, table_name)
                VALUES (%s, %s, %s, %s)
@@ -202,6 +222,7 @@ def _forget_own_capture(conn: psycopg.Connection[Any], member: Member, root: Tab
     if row is None:
         return
     conn.execute("DELETE FROM cdc.captured WHERE relid = %s", [member.relid])
+    triggers.detach(conn, member.relid, member.qualified)  # its triggers use the functions dropped next
     triggers.drop_root_functions(conn, member.relid)
     log.warning(
         "%s is now part of captured table %s: its changes go to %s's collection, and its own collection is no"
@@ -211,6 +232,27 @@ def _forget_own_capture(conn: psycopg.Connection[Any], member: Member, root: Tab
         root.collection,
         extra={"action": "hierarchy", "table": member.display},
     )
+
+
+def _leave_other_root(conn: psycopg.Connection[Any], member: Member, root: TableInfo) -> None:
+    """A member recorded under another captured root (moved between hierarchies): that root's
+    documents of its rows are deleted by recording them as changes of the old root."""
+    row = conn.execute(
+        "SELECT root_relid::int FROM cdc.captured_parts WHERE relid = %s AND root_relid <> %s AND dropped_at IS NULL",
+        [member.relid, root.relid],
+    ).fetchone()
+    if row is None:
+        return
+    old_root = tables.describe(conn, int(row[0]))
+    if old_root is not None:
+        _record_own_keys(conn, old_root, member.qualified)
+        log.warning(
+            "%s moved from captured table %s to %s",
+            member.display,
+            old_root.display,
+            root.display,
+            extra={"action": "hierarchy", "table": member.display},
+        )
 
 
 def _release(conn: psycopg.Connection[Any], root: TableInfo, relid: int) -> str:
@@ -244,7 +286,7 @@ def reconcile(conn: psycopg.Connection[Any], found: Sequence[Drift]) -> list[str
             settings = conn.execute("SELECT notify FROM cdc.captured WHERE relid = %s", [root_relid]).fetchone()
             if root is None or settings is None:
                 continue
-            done += sync(conn, root, notify=bool(settings[0]), record_new=True)
+            done += sync(conn, root, notify=bool(settings[0]), record_new=True, refresh=False)
     return done
 
 
@@ -277,6 +319,17 @@ def problems(conn: psycopg.Connection[Any]) -> list[str]:
             "truncate mode": f"captured table {root} gained or lost partitions or children",
         }.get(item.what, f"{member}: {item.what}")
         lines.append(f"{what}: run `cdc install --tables {root}`")
+    for child_relid, child in conn.execute(
+        """SELECT c.oid::int, format('%%s.%%s', n.nspname, c.relname) FROM cdc.captured cp
+           JOIN pg_class c ON c.oid = cp.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = cp.relid)"""
+    ).fetchall():
+        parents = ancestors(conn, int(child_relid))
+        if parents:
+            lines.append(
+                f"captured table {child} is now a partition or child of {parents[-1]}, which is not captured:"
+                f" statements naming {parents[-1]} miss its rows: run `cdc install --tables {parents[-1]}`"
+            )
     if has_parts_table(conn):
         for root_relid, relid, schema, name in conn.execute(
             "SELECT root_relid::int, relid::int, schema_name, table_name FROM cdc.captured_parts"

@@ -129,6 +129,7 @@ class DocumentModel:
             if node.where is not None:
                 return None
             wanted = [*node.table.key_columns, *node.columns, *node.join_columns]
+            wanted += [column for column, _descending in node.order_by]
             wanted += [column for child in node.children for column in child.parent_columns]
             found += [column for column in wanted if column not in found]
         return tuple(found)

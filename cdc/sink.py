@@ -160,6 +160,7 @@ class KeyFields:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._indexed: set[str] = set()
+        self._refused: set[str] = set()
         self._lock = threading.Lock()
 
     def filter(self, document: Document, *, may_extend: bool) -> Document:
@@ -174,16 +175,31 @@ class KeyFields:
         key = document["_id"]
         if not (self.enabled and isinstance(key, dict) and key):
             return False
+        # a name with '.' or '$' is a path or an operator in a filter; two arrays cannot share an index
+        if (
+            any("." in name or name.startswith("$") for name in key)
+            or sum(isinstance(v, list) for v in key.values()) > 1
+        ):
+            return False
         if kind == "delete":
             return True
         return all(name in document and document[name] == value for name, value in key.items())
 
-    def ensure_index(self, target: pymongo.collection.Collection[Document], key: Document) -> None:
+    def ensure_index(self, target: pymongo.collection.Collection[Document], key: Document) -> bool:
+        """Create the index once; False (and the workaround off for that collection) when the server
+        refuses it, e.g. an index of that name with another key left by an earlier table."""
         with self._lock:
-            if target.name in self._indexed:
-                return
-            target.create_index([(name, 1) for name in key], name="cdc_key")
-            self._indexed.add(target.name)
+            if target.name in self._refused:
+                return False
+            if target.name not in self._indexed:
+                try:
+                    target.create_index([(name, 1) for name in key], name="cdc_key")
+                except pymongo.errors.OperationFailure as exc:
+                    log.warning("%s: no composite-key index (%s); writes use _id alone", target.name, describe(exc))
+                    self._refused.add(target.name)
+                    return False
+                self._indexed.add(target.name)
+            return True
 
 
 class Applier:
@@ -219,8 +235,8 @@ class Applier:
         target = self.collection(collection)
         may_extend = collection not in self._mapped
         extend = [may_extend and self.key_fields.usable(document, kind) for kind, document in changes]
-        if any(extend):
-            self.key_fields.ensure_index(target, changes[extend.index(True)][1]["_id"])
+        if any(extend) and not self.key_fields.ensure_index(target, changes[extend.index(True)][1]["_id"]):
+            extend = [False] * len(changes)
         requests = [
             _request(kind, document, self.key_fields.filter(document, may_extend=wide))
             for (kind, document), wide in zip(changes, extend, strict=True)

@@ -55,9 +55,12 @@ def _wake(notify: bool) -> sql.Composable:
     return sql.SQL("PERFORM pg_notify({}, 'wake');").format(sql.Literal(NOTIFY_CHANNEL)) if notify else sql.SQL("")
 
 
-def joins_type_name(relid: int) -> sql.Identifier:
-    """The composite type that parses recorded old join values back into typed columns."""
-    return sql.Identifier("cdc", f"joins_{relid}")
+def join_values(joins: Sequence[str], rows: sql.Composable) -> sql.Composable:
+    """The distinct join values of ``rows`` (alias ``r``) as jsonb texts ``{"column": value, …}``:
+    read back by column name (``documents``), so a mapping changed while changes wait does not
+    misread them, and in JSON's own formats (ISO dates), whatever the session's DateStyle."""
+    pairs = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c), sql.Identifier("r", c)) for c in joins)
+    return sql.SQL("(SELECT array_agg(DISTINCT jsonb_build_object({})::text) FROM {} AS r)").format(pairs, rows)
 
 
 def _row_function_body(
@@ -73,13 +76,7 @@ def _row_function_body(
         "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
     }[prefix]
     # a mapped table's old join values: the documents that held its rows before (cdc/documents.py)
-    old_joins = (
-        sql.SQL("(SELECT array_agg(DISTINCT ROW({})::text) FROM cdc_old AS r)").format(
-            sql.SQL(", ").join(sql.Identifier("r", column) for column in joins)
-        )
-        if joins and prefix != "ins"
-        else sql.SQL("NULL")
-    )
+    old_joins = join_values(joins, sql.SQL("cdc_old")) if joins and prefix != "ins" else sql.SQL("NULL")
     # whether an UPDATE changed a column that embedding documents show (compared as text: every type
     # has an output function, not every type an equality operator); NULL means yes
     shown_changed: sql.Composable = sql.SQL("NULL")
@@ -98,16 +95,29 @@ def _row_function_body(
     ).format(sql.Literal(table.relid), old_joins, shown_changed, selects, _wake(notify))
 
 
-def _truncate_body(root: TableInfo, target: sql.Identifier | None, notify: bool) -> sql.Composable:
+def own_rows_as_changes(root: TableInfo, target: sql.Identifier, joins: Sequence[str]) -> sql.Composed:
+    """Record the keys (and join values) of ``target``'s own rows as changes of ``root``."""
+    only = sql.SQL("ONLY {}").format(target)
+    return sql.SQL(
+        "INSERT INTO cdc.outbox (relid, op, keys, joins) SELECT {}, 'k', array_agg(k), {}"
+        " FROM (SELECT {} AS k FROM ONLY {} AS r) AS emptied HAVING count(*) > 0"
+    ).format(
+        sql.Literal(root.relid),
+        join_values(joins, only) if joins else sql.SQL("NULL"),
+        key_text(root, "r"),
+        target,
+    )
+
+
+def _truncate_body(
+    root: TableInfo, target: sql.Identifier | None, notify: bool, joins: Sequence[str]
+) -> sql.Composable:
     """A marker for a lone table (``target`` None); the keys of the target's own rows in a hierarchy."""
     if target is None:
         return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(
             sql.Literal(root.relid), _wake(notify)
         )
-    return sql.SQL(
-        "INSERT INTO cdc.outbox (relid, op, keys) SELECT {}, 'k', array_agg(k)"
-        " FROM (SELECT {} AS k FROM ONLY {} AS r) AS emptied HAVING count(*) > 0; {}"
-    ).format(sql.Literal(root.relid), key_text(root, "r"), target, _wake(notify))
+    return sql.SQL("{}; {}").format(own_rows_as_changes(root, target, joins), _wake(notify))
 
 
 def _key_text_settings(table: TableInfo) -> sql.Composable:
@@ -122,13 +132,16 @@ def _key_text_settings(table: TableInfo) -> sql.Composable:
 
 
 def _create_function(
-    conn: psycopg.Connection[Any], name: sql.Identifier, root: TableInfo, body: sql.Composable
+    conn: psycopg.Connection[Any], name: sql.Identifier, root: TableInfo, body: sql.Composable, *, definer: bool = False
 ) -> None:
+    """``definer``: run as the installer (TRUNCATE of a parent does not check the caller's privileges on
+    its partitions, but the trigger's read of a partition would), with a pinned search_path."""
+    security = sql.SQL(" SECURITY DEFINER SET search_path = pg_catalog, pg_temp") if definer else sql.SQL("")
     conn.execute(
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {}"
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {}{}"
             " AS $cdc$ BEGIN {} RETURN NULL; END $cdc$"
-        ).format(name, _key_text_settings(root), body)
+        ).format(name, _key_text_settings(root), security, body)
     )
 
 
@@ -148,12 +161,6 @@ def create_root_functions(
         )
         conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root.relid)))
         conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(key_type_name(root.relid), fields))
-    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(joins_type_name(root.relid)))
-    if joins:
-        fields = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(root.key_type(column))) for column in joins
-        )
-        conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(joins_type_name(root.relid), fields))
     for _event, _referencing, prefix in TRIGGERS.values():
         if prefix != "trunc":
             body = _row_function_body(root, prefix, notify, joins, shown)
@@ -168,11 +175,14 @@ def attach(
     *,
     notify: bool,
     in_hierarchy: bool,
+    joins: Sequence[str] = (),
 ) -> None:
     """Put the four capture triggers on ``target`` (the root itself, or one of its partitions or
-    children), recording under the root, enabled ALWAYS."""
+    children), recording under the root, enabled ALWAYS; a member's TRUNCATE also records the join
+    values (``joins``) of its rows."""
     truncate_function = function_name("trunc", target_relid)
-    _create_function(conn, truncate_function, root, _truncate_body(root, target if in_hierarchy else None, notify))
+    body = _truncate_body(root, target if in_hierarchy else None, notify, joins)
+    _create_function(conn, truncate_function, root, body, definer=in_hierarchy)
     for trigger, (event, referencing, prefix) in TRIGGERS.items():
         function = truncate_function if prefix == "trunc" else function_name(prefix, root.relid)
         timing = "BEFORE" if prefix == "trunc" and in_hierarchy else "AFTER"
@@ -196,5 +206,5 @@ def detach(conn: psycopg.Connection[Any], target_relid: int, target: sql.Identif
 def drop_root_functions(conn: psycopg.Connection[Any], root_relid: int) -> None:
     for _event, _referencing, prefix in TRIGGERS.values():
         conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_name(prefix, root_relid)))
-    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root_relid)))
-    conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(joins_type_name(root_relid)))
+    # the key type stays while changes of the table may wait in the outbox or the ledger (the drain
+    # parses their keys with it); `cdc uninstall` without --tables drops it with the schema

@@ -60,6 +60,8 @@ ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS excluded_columns text[] NOT NU
 -- Whether the table is partitioned or has inheritance children: its TRUNCATE then records the keys of
 -- the rows it empties instead of a marker (see cdc/triggers.py).
 ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS in_hierarchy boolean NOT NULL DEFAULT false;
+-- The columns whose old values the capture records (the document model's join columns of the table).
+ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS join_columns text[] NOT NULL DEFAULT '{}';
 
 -- Partitions and inheritance children (any depth) of captured tables: they carry capture triggers
 -- that record under their root (cdc/hierarchy.py). dropped_at: dropped after install, so documents

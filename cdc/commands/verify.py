@@ -54,8 +54,9 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
             _repair(settings, conn, database, chosen, diffs)
             diffs = verify_tables(conn, database, chosen, step="verify again")
         for item, diff in zip(chosen, diffs, strict=True):
-            if diff.clean and isinstance(item, TableInfo):  # what was left of dropped partitions is gone
-                hierarchy.clear_dropped(conn, item.relid)
+            if diff.clean:  # what was left of dropped partitions or children is gone
+                for relid in [item.relid] if isinstance(item, TableInfo) else [n.table.relid for n in item.nodes()]:
+                    hierarchy.clear_dropped(conn, relid)
         conn.commit()
         orininu_captured = {"songs", "user_interaction"} <= {t.name for t in chosen if isinstance(t, TableInfo)}
         queries = dql_mongo.compare(conn, database) if orininu_captured else []

@@ -87,7 +87,10 @@ STEPS = [
     ]),
     ("a rename with fan-out", ["UPDATE tags SET name = 'renamed' WHERE id = 2"]),
     ("a primary key changed", ["UPDATE parents SET id = 60 WHERE id = 5"]),
-    ("TRUNCATE of an embedded table", ["TRUNCATE notes"]),
+    ("a root deleted and an embedded table truncated in one batch", [
+        "DELETE FROM parents WHERE id = 3", "TRUNCATE notes",
+    ]),
+    ("TRUNCATE of an embedded table", ["INSERT INTO notes VALUES (70, 9, 'n')", "TRUNCATE notes"]),
     ("TRUNCATE of a referenced table", ["TRUNCATE tags CASCADE"]),
 ]  # fmt: skip
 

@@ -160,3 +160,28 @@ def test_a_partition_or_child_alone_is_refused_naming_its_parent(env, cdc):
     assert "m2024" in refused.stderr and "measurements" in refused.stderr
     child = cdc("install", "--tables", "puppies", env=env)
     assert child.returncode == 1 and "public.dogs" in child.stderr and "public.animals" in child.stderr
+
+
+def test_a_table_captured_on_its_own_then_attached_joins_the_parent_collection(env, dbs, cdc):
+    run_sql(
+        dbs.pg_dsn,
+        "CREATE TABLE m2028 (LIKE measurements)",
+        "ALTER TABLE m2028 ADD PRIMARY KEY (city, day)",
+        "INSERT INTO m2028 VALUES (1, '2028-01-01', 8.5, 'own table first')",
+    )
+    assert cdc("install", "--tables", "measurements,m2028", env=env).returncode == 0
+    assert cdc("snapshot", env=env).returncode == 0
+    run_sql(
+        dbs.pg_dsn,
+        "ALTER TABLE measurements ATTACH PARTITION m2028 FOR VALUES FROM ('2028-01-01') TO ('2029-01-01')",
+        "UPDATE m2028 SET note = 'changed by name after the attach' WHERE city = 1",
+    )
+    ran = cdc("run", "--once", env=env)
+    assert ran.returncode == 0, ran.stderr
+    verified = cdc("verify", "--tables", "measurements", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    notes = {doc["note"] for doc in documents(env, "measurements").values()}
+    assert "changed by name after the attach" in notes
+    with psycopg.connect(dbs.pg_dsn) as conn:
+        own = conn.execute("SELECT count(*) FROM cdc.captured WHERE table_name = 'm2028'").fetchone()
+    assert own == (0,)  # no longer a collection of its own
