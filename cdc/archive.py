@@ -30,7 +30,7 @@ from typing import IO, Any
 import orjson
 
 from cdc import faults
-from cdc.errors import CdcError
+from cdc.errors import ArchiveError, ArchiveWriteError
 
 # 2: mapped collections (documents built from many rows) carry the batch's version in ``_cdc.pos``
 # instead of a row's position, and the manifest says which collections are mapped ("documents").
@@ -41,14 +41,6 @@ REJECTED = "rejected.jsonl"
 PARTIAL_PREFIX = ".partial-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 REJECTED_COLLECTION = "\x00rejected"  # never a real collection name (NUL cannot appear in one)
-
-
-class ArchiveError(CdcError):
-    """The archive is incomplete or corrupt."""
-
-
-class ArchiveWriteError(CdcError):
-    """The archive could not be written (disk full, permissions): nothing was committed."""
 
 
 def batch_folder_name(batch_id: int) -> str:

@@ -29,7 +29,9 @@ from typing import Any
 import orjson
 from psycopg import sql
 
-from cdc.errors import CdcError
+from cdc.errors import (
+    DocumentTooLarge,
+)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -54,10 +56,6 @@ STRING_TYPES = frozenset(
         "box", "path", "polygon", "circle", "pg_lsn", "oid", "regclass", "regtype", "xid", "xid8",
     }
 )  # fmt: skip
-
-
-class DocumentTooLarge(CdcError):
-    """The document exceeds MongoDB's 16 MiB limit."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdc.errors import ConfigError, UsageError
+from cdc.errors import (
+    ConfigError,
+    ServerDown,
+    UsageError,
+)
 from cdc.redact import register_secret, secrets_in
 
 DEFAULT_DATA_DIR = Path(".orininu")
@@ -36,10 +40,6 @@ def refuse_password_in_argument(flag: str, value: str | None, variable: str | No
             "or keep the password in PGPASSFILE (a 0600 file)"
         )
     raise UsageError(f"{flag} must not contain a password (anyone can read process arguments): {ways}")
-
-
-class ServerDown(ConfigError):
-    """The embedded stack's server is not running."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,10 @@ from psycopg import sql
 from cdc import archive, capture, documents, faults, mapping, pg, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
-from cdc.errors import CdcError
+from cdc.errors import (
+    ArchiveWriteError,
+    RowSecurityError,
+)
 from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
@@ -42,10 +45,6 @@ Fence = Callable[[psycopg.Connection[Any]], None]
 EXPORT_LOCK_KEY = 0x0CDC_0002
 _FETCH = 5_000
 LIBPQ_CHUNKED_ROWS = 170000  # libpq 17: PQsetChunkedRowsMode
-
-
-class RowSecurityError(CdcError):
-    """Row-level security hides rows from this role; unseen rows would be exported as deletes."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,7 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
     try:
         writer = BatchWriter(archive_dir, batch_id)
     except OSError as exc:
-        raise archive.ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
+        raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     try:
         model = mapping.load(conn)
         in_model = {table.relid for table in model.tables()} if model is not None else set()
@@ -283,7 +282,7 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
             faults.point("mid_archive")
     except OSError as exc:
         writer.abort()
-        raise archive.ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
+        raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     except BaseException:
         writer.abort()
         raise
@@ -364,9 +363,7 @@ def export_batch(
                 writer.finish(positions[0], positions[-1], {"mode": mode})
             except OSError as exc:
                 writer.abort()
-                raise archive.ArchiveWriteError(
-                    f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}"
-                ) from None
+                raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
             faults.point("before_commit")
             conn.execute(
                 "UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %s WHERE batch_id = %s",
@@ -376,7 +373,7 @@ def export_batch(
             faults.point("after_commit")
         except BaseException as exc:
             conn.rollback()
-            if claimed is not None and isinstance(exc, archive.ArchiveWriteError):
+            if claimed is not None and isinstance(exc, ArchiveWriteError):
                 _give_back(conn, claimed[0])
             raise
         path = writer.publish()

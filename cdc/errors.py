@@ -7,9 +7,15 @@ A class's docstring is its default message.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class CdcError(Exception):
     """orininu-cdc failed."""
+
+    # a fault that may pass on its own (a server away, the disk full): long-running loops retry it,
+    # backing off; anything else stops them with one line
+    transient: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -30,6 +36,8 @@ class PostgresError(CdcError):
 class PostgresUnavailable(PostgresError):
     """PostgreSQL cannot be reached."""
 
+    transient = True
+
 
 class MongoError(CdcError):
     """MongoDB reported an error."""
@@ -38,6 +46,8 @@ class MongoError(CdcError):
 class MongoUnavailable(MongoError):
     """MongoDB cannot be reached."""
 
+    transient = True
+
 
 class StackError(CdcError):
     """The embedded stack could not be managed."""
@@ -45,3 +55,47 @@ class StackError(CdcError):
 
 class CheckFailed(CdcError):
     """A check found problems."""
+
+
+class ServerDown(ConfigError):
+    """The embedded stack's server is not running."""
+
+
+class MappingError(UsageError):
+    """The mapping file is invalid (exit 2)."""
+
+
+class ArchiveError(CdcError):
+    """The archive is incomplete or corrupt."""
+
+
+class ArchiveWriteError(CdcError):
+    """The archive could not be written (disk full, permissions): nothing was committed."""
+
+    transient = True
+
+
+class PrunedGap(ArchiveError):
+    """Batches of the requested range were pruned from the archive and are not applied to the target."""
+
+
+class LostBatches(ArchiveError):
+    """Batches known to have been exported are missing from the archive, and the target does not hold them."""
+
+
+class DocumentTooLarge(CdcError):
+    """The document exceeds MongoDB's 16 MiB limit."""
+
+
+class RowSecurityError(CdcError):
+    """Row-level security hides rows from this role; unseen rows would be exported as deletes."""
+
+
+class LockLost(CdcError):
+    """The worker lock was lost (its connection dropped)."""
+
+    transient = True
+
+
+class Interrupted(CdcError):
+    """The snapshot was stopped (SIGINT or SIGTERM) between two pages or two batches."""

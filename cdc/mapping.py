@@ -32,16 +32,15 @@ import psycopg
 from psycopg import sql
 
 from cdc import pg, tables
-from cdc.errors import UsageError
+from cdc.errors import (
+    MappingError,
+    UsageError,
+)
 from cdc.tables import TableInfo
 
 RESERVED_FIELDS = frozenset({"_id", "_cdc"})
 _NODE_KEYS = frozenset({"table", "fields", "rename", "embed", "on", "many", "order_by", "where"})
 _ORDER = re.compile(r"^\s*(?P<column>.+?)(?:\s+(?P<direction>ASC|DESC))?\s*$", re.IGNORECASE)
-
-
-class MappingError(UsageError):
-    """The mapping file is invalid (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import orjson
 import psycopg
 
 from cdc import archive, pg
-from cdc.archive import ArchiveError
+from cdc.errors import ArchiveError, LostBatches, PrunedGap
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +207,6 @@ def record_pruned(archive_dir: Path, ids: Iterable[int]) -> None:
 
 
 # ---- replay across a pruned range, or a lost folder --------------------------------------------
-
-
-class PrunedGap(ArchiveError):
-    """Batches of the requested range were pruned from the archive and are not applied to the target."""
-
-
-class LostBatches(ArchiveError):
-    """Batches known to have been exported are missing from the archive, and the target does not hold them."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from cdc import archive, faults, shutdown
-from cdc.errors import MongoError, MongoUnavailable
+from cdc.errors import ArchiveError, MongoError, MongoUnavailable
 from cdc.extjson import parse_line
 from cdc.mongo import describe, translated
 
@@ -128,7 +128,7 @@ def _chunks(path: Path, kind: str) -> Iterator[list[tuple[str, Document]]]:
                 try:
                     changes.append((kind, parse_line(line)))
                 except (ValueError, bson.errors.BSONError) as exc:  # the file matched its manifest digest
-                    raise archive.ArchiveError(
+                    raise ArchiveError(
                         f"{path.parent.name}/{path.name} line {number}: not a document MongoDB can hold: {exc}"
                     ) from None
                 size += len(line)

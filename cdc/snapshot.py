@@ -33,7 +33,11 @@ from psycopg import sql
 from pymongo.database import Database
 
 from cdc import capture, drain, faults, ledger, mapping, pg, shutdown, tables
-from cdc.errors import CdcError, ConfigError, PostgresUnavailable
+from cdc.errors import (
+    ConfigError,
+    Interrupted,
+    PostgresUnavailable,
+)
 from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
@@ -279,10 +283,6 @@ def prepare_targets(
 
 
 # ---- resuming an interrupted snapshot ------------------------------------------------------------
-
-
-class Interrupted(CdcError):
-    """The snapshot was stopped (SIGINT or SIGTERM) between two pages or two batches."""
 
 
 PROGRESS_TABLE = "cdc.snapshot_progress"

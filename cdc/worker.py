@@ -25,9 +25,15 @@ import psycopg
 from psycopg import sql
 
 from cdc import archive, drain, faults, hierarchy, ledger, pg
-from cdc.archive import ArchiveWriteError
 from cdc.capture import NOTIFY_CHANNEL
-from cdc.errors import CdcError, MongoUnavailable, PostgresUnavailable
+from cdc.errors import (
+    ArchiveError,
+    ArchiveWriteError,
+    CdcError,
+    LockLost,
+    MongoUnavailable,
+    PostgresUnavailable,
+)
 from cdc.progress import Progress
 from cdc.sink import Applier, ApplyStats
 
@@ -51,12 +57,9 @@ class RunStats:
     last_success: float | None = None
 
 
-class LockLost(CdcError):
-    """The worker lock was lost (its connection dropped)."""
-
-
-# Faults that may pass on their own: a loop retries them, backing off; anything else stops it.
-TRANSIENT = (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError)
+# Faults that may pass on their own (``CdcError.transient``): a loop retries them, backing off;
+# anything else stops it.
+TRANSIENT = tuple(cls for cls in (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError) if cls.transient)
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 STILL_FAILING_EVERY_S = 300.0
@@ -256,7 +259,7 @@ class Worker:
                 batch_id,
                 extra={"action": "reexport"},
             )
-        except archive.ArchiveError as exc:
+        except ArchiveError as exc:
             log.warning("batch %d: %s; re-exporting it from the ledger", batch_id, exc, extra={"action": "reexport"})
         conn = self.conn
         with pg.translated(f"re-exporting batch {batch_id}"):

@@ -10,10 +10,9 @@ import click
 import psycopg
 
 from cdc import capture, drain, shutdown
-from cdc.archive import ArchiveWriteError
 from cdc.cli import settings_options
 from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError, PostgresUnavailable
+from cdc.errors import ArchiveWriteError, CdcError, ConfigError, PostgresUnavailable
 from cdc.worker import Backoff
 
 log = logging.getLogger(__name__)

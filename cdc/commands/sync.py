@@ -13,8 +13,8 @@ import orjson
 
 from cdc import archive, capture, drain, hierarchy, ledger, mongo, pg, shutdown, snapshot
 from cdc.cli import metrics_options, settings_options
-from cdc.config import ServerDown, Settings
-from cdc.errors import CdcError, CheckFailed, ConfigError, PostgresUnavailable, UsageError
+from cdc.config import Settings
+from cdc.errors import CdcError, CheckFailed, ConfigError, Interrupted, PostgresUnavailable, ServerDown, UsageError
 from cdc.progress import track
 from cdc.prune import ReplayGaps, check_replay, describe_ids
 from cdc.redact import redact
@@ -203,7 +203,7 @@ def snapshot_command(
             _snapshot_export(dsn, settings, chosen, batch_size, stop)
         else:
             _snapshot_apply(dsn, settings, applier, chosen, total=total, fast=fast, batch_size=batch_size, stop=stop)
-    except (snapshot.Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt):
         _snapshot_interrupted(dsn, chosen, mode, collection_list)
         raise click.exceptions.Exit(stop.exit_code) from None
 
@@ -242,7 +242,7 @@ def _snapshot_enqueue(
 
 def _snapshot_stopped(stop: snapshot.StopRequest) -> None:
     if stop.event.is_set():
-        raise snapshot.Interrupted()
+        raise Interrupted()
 
 
 def _snapshot_export(
