@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from cdc import archive, capture, mongo, mongoimport, pg, prune
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, UsageError
 from cdc.sink import APPLIED_COLLECTION

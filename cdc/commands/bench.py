@@ -7,7 +7,7 @@ import orjson
 
 from cdc import mongo
 from cdc.bench import suite
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 
 

@@ -15,7 +15,7 @@ import click
 from pymongo.database import Database
 
 from cdc import capture, dql_mongo, drain, ledger, mapping, mongo, orininu, pg, snapshot, sqlfiles
-from cdc.cli import metrics_options_defaulting_to
+from cdc.commands.options import metrics_options_defaulting_to
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
 from cdc.config import (

@@ -10,7 +10,7 @@ import click
 import psycopg
 
 from cdc import capture, drain, shutdown
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import ArchiveWriteError, CdcError, ConfigError, PostgresUnavailable
 from cdc.worker import Backoff

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cdc import orininu, pg
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 from generator import csv_io, load
 from generator.sizes import NAMED_SCALES, counts_for, parse_scale

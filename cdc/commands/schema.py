@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cdc import orininu, pg
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed
 

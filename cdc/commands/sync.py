@@ -12,7 +12,7 @@ import click
 import orjson
 
 from cdc import archive, capture, drain, hierarchy, ledger, mongo, pg, shutdown, snapshot
-from cdc.cli import metrics_options, settings_options
+from cdc.commands.options import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, Interrupted, PostgresUnavailable, ServerDown, UsageError
 from cdc.progress import track

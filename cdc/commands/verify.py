@@ -10,7 +10,7 @@ import click
 import orjson
 
 from cdc import capture, dql_mongo, drain, hierarchy, mongo, snapshot, verify
-from cdc.cli import settings_options
+from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, ConfigError
 from cdc.mapping import Collection
