@@ -62,7 +62,7 @@ class Settings:
     def _stack_env(self, server: str) -> dict[str, str] | None:
         """The embedded stack's settings when its ``server`` ("postgresql" or "mongodb") runs: one
         server down does not hide the other (``cdc status`` needs PostgreSQL only)."""
-        from cdc.stack import Stack  # noqa: PLC0415  (imports nothing heavy, avoids a cycle)
+        from cdc.devtools.stack import Stack  # noqa: PLC0415  (imports nothing heavy, avoids a cycle)
 
         stack = Stack(self.data_dir)
         env = stack.running_env()
@@ -74,7 +74,7 @@ class Settings:
 
     def _stack_down(self, what: str, flag: str, variable: str) -> ServerDown | None:
         """The error naming the embedded stack's ``what`` server as down, when there is a stack."""
-        from cdc.stack import Stack  # noqa: PLC0415
+        from cdc.devtools.stack import Stack  # noqa: PLC0415
 
         if not Stack(self.data_dir).paths.env_file.exists():
             return None

@@ -7,7 +7,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import orininu, pg
+from cdc import pg
+from cdc.demo import orininu
 from generator.load import PRIMARY_KEYS
 
 

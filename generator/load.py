@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import orininu, pg
+from cdc import pg
+from cdc.demo import orininu
 from cdc.errors import UsageError
 from cdc.progress import Progress, track
 from generator import rows

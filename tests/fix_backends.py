@@ -30,8 +30,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from cdc import orininu
-from cdc.stack import Stack
+from cdc.demo import orininu
+from cdc.devtools.stack import Stack
 
 
 @dataclass(frozen=True)

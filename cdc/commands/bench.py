@@ -6,9 +6,9 @@ import click
 import orjson
 
 from cdc import mongo
-from cdc.bench import suite
 from cdc.commands.options import settings_options
 from cdc.config import Settings
+from cdc.devtools.bench import suite
 
 
 @click.command()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from pymongo.database import Database
 
-from cdc import capture, dql_mongo, drain, ledger, mapping, mongo, orininu, pg, snapshot, sqlfiles
+from cdc import capture, drain, ledger, mapping, mongo, pg, snapshot, sqlfiles
 from cdc.commands.options import metrics_options_defaulting_to
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
@@ -25,12 +25,13 @@ from cdc.config import (
     Settings,
     refuse_password_in_argument,
 )
+from cdc.demo import dql_mongo, orininu
+from cdc.demo.latency import LatencyProbe
+from cdc.devtools.stack import Stack
 from cdc.errors import CheckFailed, ConfigError, UsageError
-from cdc.latency import LatencyProbe
 from cdc.progress import track
 from cdc.redact import redact, register_secret, secrets_in
 from cdc.sink import Applier
-from cdc.stack import Stack
 from cdc.worker import Worker
 from generator import load
 from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale

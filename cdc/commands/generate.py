@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from cdc import orininu, pg
+from cdc import pg
 from cdc.commands.options import settings_options
 from cdc.config import Settings
+from cdc.demo import orininu
 from generator import csv_io, load
 from generator.sizes import NAMED_SCALES, counts_for, parse_scale
 from generator.workload import Workload

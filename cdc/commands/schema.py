@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cdc import orininu, pg
+from cdc import pg
 from cdc.commands.options import settings_options
 from cdc.config import Settings
+from cdc.demo import orininu
 from cdc.errors import CheckFailed
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from cdc.config import DEFAULT_DATA_DIR
+from cdc.devtools.stack import Stack
 from cdc.errors import CheckFailed
 from cdc.redact import redact
-from cdc.stack import Stack
 
 data_dir_option = click.option(
     "--data-dir",

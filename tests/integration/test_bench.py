@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from cdc.bench import suite
+from cdc.devtools.bench import suite
 
 
 def test_every_bench_key_comes_from_a_measurement(pg_dsn, mongo_uri):

@@ -25,7 +25,7 @@ import pytest
 
 from cdc import archive, capture, drain, pg
 from cdc.archive import ArchiveWriteError, BatchWriter
-from cdc.stack import Stack
+from cdc.devtools.stack import Stack
 from cdc.worker import Backoff
 from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env

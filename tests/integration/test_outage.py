@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cdc.stack import Stack
+from cdc.devtools.stack import Stack
 from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env
 

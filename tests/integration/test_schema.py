@@ -1,6 +1,6 @@
 import psycopg
 
-from cdc import orininu
+from cdc.demo import orininu
 
 
 def catalog(dsn: str) -> list[tuple[object, ...]]:

@@ -14,8 +14,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc import drain
+from cdc.devtools.stack import Stack
 from cdc.metrics import Metrics
-from cdc.stack import Stack
 from tests.fix_backends import backend_kind
 
 CLOSED_PG = "postgresql://cdc@127.0.0.1:1/none"

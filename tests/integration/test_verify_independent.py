@@ -104,7 +104,7 @@ def test_a_broken_codec_is_caught_naming_the_column(env, cdc, patch, column):
 
 
 def test_dql_average_rounds_half_away_from_zero_like_postgresql():
-    from cdc.dql_mongo import _mongo_rows
+    from cdc.demo.dql_mongo import _mongo_rows
 
     [(users, average, most)] = _mongo_rows("plays_per_user", [{"users": 200, "plays": 4201, "max": 40}])
     assert (users, average, most) == (200, Decimal("21.01"), 40)  # 21.005 rounds up, as round(21.005, 2) does

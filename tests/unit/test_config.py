@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from cdc.config import Settings, refuse_password_in_argument
+from cdc.devtools.stack import Stack
 from cdc.errors import ConfigError, UsageError
-from cdc.stack import Stack
 
 
 def test_given_dsn_wins(monkeypatch):

@@ -29,7 +29,7 @@ from psycopg import sql
 from pymongo import ReplaceOne
 
 from cdc import archive, capture, drain, mongo, pg, snapshot, verify
-from cdc.bench import capture_cost, documents
+from cdc.devtools.bench import capture_cost, documents
 from cdc.errors import CheckFailed
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
@@ -300,7 +300,7 @@ def incremental_vs_full(dsn: str, mongo_uri: str, rows: int) -> Report:
 
 def notify_latency(dsn: str, mongo_uri: str, seconds: float = 8.0) -> Report:
     """Commit → readable in MongoDB under `run --listen`, with 200 single-row transactions/s around it."""
-    from cdc.latency import LatencyProbe  # noqa: PLC0415
+    from cdc.demo.latency import LatencyProbe  # noqa: PLC0415
 
     client = mongo.client(mongo_uri)
     database = client["cdc_bench_latency"]
