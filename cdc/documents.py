@@ -31,6 +31,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from cdc import ledger
 from cdc.codec import BSON_MAX_SIZE, Column, Converter, converter, position, select_expression
 from cdc.mapping import Collection, DocumentModel, Node
 from cdc.tables import TableInfo
@@ -98,16 +99,8 @@ def _walk_up(collection: Collection, node: Node, values: sql.Composable) -> sql.
 
 
 def _changed_keys(table: TableInfo, ops: str = "k", *, shown_only: bool = False) -> sql.Composable:
-    """The batch's keys of ``table`` (ops ``k``: changes; ``kr``: changes and snapshot root refreshes;
-    ``shown_only``: leave out UPDATEs that changed nothing an embedding document shows)."""
-    return sql.SQL(
-        "SELECT DISTINCT k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
-        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = ANY({}){}"
-    ).format(
-        sql.Literal(table.relid),
-        sql.Literal(list(ops)),
-        sql.SQL(" AND c.shown IS NOT FALSE") if shown_only else sql.SQL(""),
-    )
+    """The batch's keys of ``table`` (``ledger.changed_keys``)."""
+    return ledger.changed_keys(table.relid, ops, shown_only=shown_only)
 
 
 def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
@@ -122,16 +115,13 @@ def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
         _changed_keys(table, shown_only=True),
     )
     recorded = model.join_columns(table.relid)
-    before = sql.SQL(
-        "SELECT {} FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.joins) AS j(old)"
-        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k' AND c.shown IS NOT FALSE"
-    ).format(
+    before = ledger.old_join_values(
+        table.relid,
         sql.SQL(", ").join(
             sql.SQL("(j.old::jsonb ->> {})::{}").format(sql.Literal(c), sql.SQL(table.key_type(c)))
             for c in node.join_columns
             if c in recorded
         ),
-        sql.Literal(table.relid),
     )
     return sql.SQL("{} UNION {}").format(now, before)
 
@@ -144,12 +134,10 @@ def collect_roots(conn: psycopg.Connection[Any], model: DocumentModel, batch_id:
         )
     )
     conn.execute(sql.SQL("TRUNCATE {}").format(_ROOTS_TABLE))
-    rows = conn.execute(
-        "SELECT DISTINCT relid::int, op FROM cdc.batch_changes WHERE batch_id = %s", [batch_id]
-    ).fetchall()
-    truncated = {int(relid) for relid, op in rows if op == "t"}
-    changed = {int(relid) for relid, op in rows if op == "k"}
-    refreshed = {int(relid) for relid, op in rows if op == "r"}
+    rows = ledger.batch_ops(conn, batch_id)
+    truncated = {relid for relid, op in rows if op == "t"}
+    changed = {relid for relid, op in rows if op == "k"}
+    refreshed = {relid for relid, op in rows if op == "r"}
     counts: dict[str, int] = {}
     for collection in model.collections:
         root = collection.root.table
@@ -185,11 +173,7 @@ def _insert_roots(conn: psycopg.Connection[Any], collection: Collection, keys: s
 def roots_truncated(conn: psycopg.Connection[Any], collection: Collection, batch_id: int) -> bool:
     """Whether the batch truncated the collection's root table (every document is then rewritten, and
     the older ones removed by a marker at the batch's version)."""
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM cdc.batch_changes WHERE batch_id = %s AND relid = %s AND op = 't')",
-        [batch_id, collection.root.table.relid],
-    ).fetchone()
-    return bool(row and row[0])
+    return (collection.root.table.relid, "t") in ledger.batch_ops(conn, batch_id)
 
 
 def touched_keys(conn: psycopg.Connection[Any], collection: Collection) -> Iterator[list[str]]:

@@ -20,16 +20,15 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
-from cdc import archive, capture, documents, faults, mapping, pg, tables
+from cdc import archive, capture, documents, faults, ledger, mapping, pg, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
 from cdc.errors import (
@@ -42,7 +41,7 @@ log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
 Fence = Callable[[psycopg.Connection[Any]], None]
-EXPORT_LOCK_KEY = 0x0CDC_0002
+EXPORT_LOCK_KEY = ledger.EXPORT_LOCK_KEY
 _FETCH = 5_000
 LIBPQ_CHUNKED_ROWS = 170000  # libpq 17: PQsetChunkedRowsMode
 
@@ -68,48 +67,13 @@ def drain_connection(dsn: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def outbox_head(conn: psycopg.Connection[Any]) -> int:
-    """The highest position in the outbox now (0 when empty)."""
-    with pg.translated("reading the outbox"):
-        row = conn.execute("SELECT coalesce(max(pos), 0) FROM cdc.outbox").fetchone()
-    conn.commit()
-    return int(row[0]) if row else 0
-
-
 def _claim(
     conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str, fence: Fence | None = None
 ) -> tuple[int, list[int]] | None:
     if fence is not None:
         fence(conn)
-    candidates = conn.execute(
-        "SELECT pos, coalesce(cardinality(keys), 0) FROM cdc.outbox WHERE pos <= %s"
-        " ORDER BY pos LIMIT %s FOR UPDATE SKIP LOCKED",
-        [up_to, batch_size],
-    ).fetchall()
-    if not candidates:
-        return None
-    chosen, keys = [], 0
-    for pos, count in candidates:  # bounded by keys, not rows: one row may hold a million keys
-        chosen.append(int(pos))
-        keys += int(count)
-        if keys >= batch_size:
-            break
-    batch_id_row = conn.execute("SELECT nextval('cdc.batch_seq')").fetchone()
-    assert batch_id_row is not None
-    batch_id = int(batch_id_row[0])
-    # the batch's version (mapped documents carry it): a position taken now, inside the exporters' turn
-    conn.execute(
-        "INSERT INTO cdc.batches (batch_id, mode, state, pos_min, pos_max, key_count, version)"
-        " VALUES (%s, %s, 'claimed', %s, %s, %s, nextval('cdc.position_seq'))",
-        [batch_id, mode, chosen[0], chosen[-1], keys],
-    )
-    conn.execute(
-        """WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%s) RETURNING pos, relid, op, keys, joins, shown)
-           INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins, shown)
-           SELECT %s, pos, relid, op, keys, joins, shown FROM claimed""",
-        [chosen, batch_id],
-    )
-    return batch_id, chosen
+    claimed = ledger.claim(conn, batch_size, up_to, mode)
+    return None if claimed is None else (claimed.batch_id, claimed.positions)
 
 
 def check_row_security(conn: psycopg.Connection[Any], table: TableInfo) -> None:
@@ -142,14 +106,11 @@ def _rows_query(table: TableInfo) -> sql.Composed:
     ]
     column_selects = [select_expression(column, sql.Identifier("t", column.name)) for column in table.columns]
     return sql.SQL(
-        """WITH changed AS (
-             SELECT k.key, max(c.pos) AS pos
-             FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
-             WHERE c.batch_id = %(batch)s AND c.relid = %(relid)s AND c.op = 'k'
-             GROUP BY k.key)
+        """WITH changed AS ({changed})
            SELECT changed.pos, {key_selects}, t.ctid IS NOT NULL, {column_selects}
            FROM changed LEFT JOIN {table} AS t ON ({table_key}) = ({key_values})"""
     ).format(
+        changed=ledger.changed_keys_with_positions(table.relid),
         key_selects=sql.SQL(", ").join(key_selects),
         column_selects=sql.SQL(", ").join(column_selects),
         table=table.qualified,
@@ -223,29 +184,9 @@ def _reject(writer: BatchWriter, table: TableInfo, key: Sequence[Any], exc: Exce
     )
 
 
-def _relations(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, list[int]]]:
-    """Each relation in the batch with its truncate positions."""
-    rows = conn.execute(
-        """SELECT relid::int, coalesce(array_agg(pos ORDER BY pos) FILTER (WHERE op = 't'), '{}')
-           FROM cdc.batch_changes WHERE batch_id = %s GROUP BY relid ORDER BY relid""",
-        [batch_id],
-    ).fetchall()
-    return [(int(relid), list(truncates)) for relid, truncates in rows]
-
-
-def _dropped_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int) -> Iterable[tuple[int, str]]:
-    return conn.execute(
-        "SELECT c.pos, k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
-        " WHERE c.batch_id = %s AND c.relid = %s",
-        [batch_id, relid],
-    ).fetchall()
-
-
-def batch_version(conn: psycopg.Connection[Any], batch_id: int) -> int:
-    """The version of ``batch_id``'s mapped documents (its claim's position; ``pos_max`` for a batch
-    claimed before versions existed)."""
-    row = conn.execute("SELECT coalesce(version, pos_max) FROM cdc.batches WHERE batch_id = %s", [batch_id]).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+def _version(conn: psycopg.Connection[Any], batch_id: int) -> int:
+    info = ledger.batch_info(conn, batch_id)
+    return info.version if info is not None else 0
 
 
 def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int) -> BatchWriter:
@@ -257,12 +198,12 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
     try:
         model = mapping.load(conn)
         in_model = {table.relid for table in model.tables()} if model is not None else set()
-        for relid, truncates in _relations(conn, batch_id):
+        for relid, truncates in ledger.batch_relations(conn, batch_id):
             if relid in in_model:
                 continue  # read into the model's documents below, not a collection of its own
             table = tables.describe(conn, relid)
             if table is None:
-                for pos, key in _dropped_table_keys(conn, batch_id, relid):
+                for pos, key in ledger.batch_table_keys(conn, batch_id, relid):
                     writer.reject(
                         f"<dropped table oid {relid}>", key, "the table was dropped before the batch was read", pos
                     )
@@ -278,7 +219,7 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
         if model is not None:
             for table in model.tables():
                 check_row_security(conn, table)
-            documents.export_documents(conn, writer, model, batch_id, batch_version(conn, batch_id))
+            documents.export_documents(conn, writer, model, batch_id, _version(conn, batch_id))
             faults.point("mid_archive")
     except OSError as exc:
         writer.abort()
@@ -311,17 +252,12 @@ def _exclusive_turn(conn: psycopg.Connection[Any]) -> Iterator[None]:
 
 def _give_back(conn: psycopg.Connection[Any], batch_id: int) -> None:
     """After a claim rolled back because its batch could not be written (a full disk): let the next
-    claim take ``batch_id`` again, so a persistent fault does not burn one id per retry.
-
-    Only claims draw from ``cdc.batch_seq``, and they take turns (the caller holds the turn): while
-    the sequence's last value is still ``batch_id``, nobody drew an id since. When that cannot be
-    done (no UPDATE privilege on the sequence, a lost connection) the id stays burned, as after a crash.
+    claim take ``batch_id`` again, so a persistent fault does not burn one id per retry
+    (``ledger.give_back_batch_id``). When that cannot be done (no UPDATE privilege on the sequence,
+    a lost connection) the id stays burned, as after a crash.
     """
     try:
-        conn.execute(
-            "SELECT setval('cdc.batch_seq', %s, false) FROM cdc.batch_seq WHERE last_value = %s AND is_called",
-            [batch_id, batch_id],
-        )
+        ledger.give_back_batch_id(conn, batch_id)
         conn.commit()
     except psycopg.Error:
         log.debug("batch %d: its id could not be given back", batch_id, exc_info=True)
@@ -365,10 +301,7 @@ def export_batch(
                 writer.abort()
                 raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
             faults.point("before_commit")
-            conn.execute(
-                "UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %s WHERE batch_id = %s",
-                [orjson.dumps(manifest_counts).decode(), batch_id],
-            )
+            ledger.mark_exported(conn, batch_id, manifest_counts)
             conn.commit()
             faults.point("after_commit")
         except BaseException as exc:
@@ -412,10 +345,9 @@ def recover_partials(conn: psycopg.Connection[Any], archive_dir: Path) -> None:
 def _recover_partials(conn: psycopg.Connection[Any], archive_dir: Path) -> None:
     for path in archive.partial_batches(archive_dir):
         batch_id = int(path.name.removeprefix(archive.PARTIAL_PREFIX))
-        with pg.translated("reading the ledger"):
-            row = conn.execute("SELECT state FROM cdc.batches WHERE batch_id = %s", [batch_id]).fetchone()
+        info = ledger.batch_info(conn, batch_id)
         conn.commit()
-        if row is not None and (path / archive.MANIFEST).exists():
+        if info is not None and (path / archive.MANIFEST).exists():
             archive.publish(path, archive_dir / archive.batch_folder_name(batch_id))
             log.info("batch %d: published after an interrupted export", batch_id, extra={"action": "recover"})
         else:

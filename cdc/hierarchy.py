@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg, tables, triggers
+from cdc import ledger, pg, tables, triggers
 from cdc.errors import PostgresError, PostgresUnavailable
 from cdc.tables import TableInfo
 
@@ -353,7 +353,7 @@ def _name(conn: psycopg.Connection[Any], relid: int) -> str:
     return str(row[0]) if row else f"<dropped table oid {relid}>"
 
 
-INSTALL_LOCK_KEY = 0x0CDC_0001
+INSTALL_LOCK_KEY = ledger.INSTALL_LOCK_KEY
 
 
 class Watch:

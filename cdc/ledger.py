@@ -1,23 +1,172 @@
-"""The ledger's batch states, as the applying side reads and writes them."""
+"""The ledger: the one owner of the SQL on ``cdc.outbox``, ``cdc.batches`` and ``cdc.batch_changes``
+(named blocks in ``schema/ledger.sql``), of batch states and of the advisory lock keys.
+
+Readers never commit: their callers end the transaction (a REPEATABLE READ connection must, before
+its next claim reads a fresh snapshot). Writers run in the caller's transaction, except
+``mark_applied``, which is a transaction of its own.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg import sql
 
-from cdc import pg
+from cdc import pg, sqlfiles
+
+# Advisory locks (pg_advisory_lock): the worker's (two-int form, so objsubid = 2 in pg_locks), the
+# exporters' turn, and install/reconcile.
+WORKER_LOCK = (0x0CDC, 3)
+EXPORT_LOCK_KEY = 0x0CDC_0002
+INSTALL_LOCK_KEY = 0x0CDC_0001
+
+
+class Mode(StrEnum):
+    """Who claimed a batch: ``cdc export`` (final once archived) or ``cdc run`` (applied later)."""
+
+    EXPORT = "export"
+    RUN = "run"
+    SNAPSHOT = "snapshot"  # allowed by the schema; snapshots claim as ``run``
+
+
+class State(StrEnum):
+    CLAIMED = "claimed"
+    EXPORTED = "exported"
+    APPLIED = "applied"
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: int
+    mode: Mode
+    state: State
+    pos_min: int | None
+    pos_max: int | None
+    version: int  # what its mapped documents carry (pos_max for a batch claimed before versions)
+
+
+@dataclass(frozen=True)
+class Claim:
+    batch_id: int
+    positions: list[int]
+    keys: int
+
+
+def _sql(name: str) -> bytes:
+    return sqlfiles.queries("ledger.sql")[name].text.encode()
+
+
+def outbox_head(conn: psycopg.Connection[Any]) -> int:
+    """The highest position in the outbox now (0 when empty). A reader: the caller ends the transaction."""
+    with pg.translated("reading the outbox"):
+        row = conn.execute(_sql("outbox_head")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: Mode | str) -> Claim | None:
+    """In the caller's transaction: lock the oldest outbox rows up to ``up_to`` until they hold
+    ``batch_size`` keys (at least one row: one statement may hold a million keys), and move them
+    into a new batch. None when there is nothing to claim."""
+    candidates = conn.execute(_sql("claim_candidates"), {"up_to": up_to, "limit": batch_size}).fetchall()
+    if not candidates:
+        return None
+    chosen, keys = [], 0
+    for pos, count in candidates:  # bounded by keys, not rows
+        chosen.append(int(pos))
+        keys += int(count)
+        if keys >= batch_size:
+            break
+    row = conn.execute(_sql("next_batch_id")).fetchone()
+    assert row is not None
+    batch_id = int(row[0])
+    conn.execute(
+        _sql("insert_batch"),
+        {"batch": batch_id, "mode": str(mode), "pos_min": chosen[0], "pos_max": chosen[-1], "keys": keys},
+    )
+    conn.execute(_sql("move_claimed"), {"positions": chosen, "batch": batch_id})
+    return Claim(batch_id, chosen, keys)
+
+
+def give_back_batch_id(conn: psycopg.Connection[Any], batch_id: int) -> None:
+    """After a claim rolled back: the next claim may take ``batch_id`` again (only claims draw ids, in
+    turns, so while the sequence's last value is still ``batch_id`` nobody drew one since)."""
+    conn.execute(_sql("give_back_batch_id"), {"batch": batch_id})
+
+
+def mark_exported(conn: psycopg.Connection[Any], batch_id: int, counts: dict[str, dict[str, int]]) -> None:
+    """In the claim's transaction: the batch is archived (its manifest written and fsynced)."""
+    conn.execute(_sql("mark_exported"), {"batch": batch_id, "counts": orjson.dumps(counts).decode()})
+
+
+def batch_info(conn: psycopg.Connection[Any], batch_id: int) -> BatchInfo | None:
+    with pg.translated("reading the ledger"):
+        row = conn.execute(_sql("batch_info"), {"batch": batch_id}).fetchone()
+    if row is None:
+        return None
+    return BatchInfo(int(row[0]), Mode(row[1]), State(row[2]), row[3], row[4], int(row[5] or 0))
+
+
+def batch_relations(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, list[int]]]:
+    """Each relation in the batch with its truncate positions."""
+    rows = conn.execute(_sql("batch_relations"), {"batch": batch_id}).fetchall()
+    return [(int(relid), list(truncates)) for relid, truncates in rows]
+
+
+def batch_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int) -> list[tuple[int, str]]:
+    """(position, key text) of every change of ``relid`` in the batch."""
+    return [
+        (int(pos), str(key)) for pos, key in conn.execute(_sql("batch_table_keys"), {"batch": batch_id, "relid": relid})
+    ]
+
+
+def changed_keys(relid: int, ops: str = "k", *, shown_only: bool = False) -> sql.Composable:
+    """A query of the distinct keys (text) of ``relid`` in batch ``%(batch)s``, for composing into the
+    export's statements: ops ``k`` (changes), ``r`` (snapshot root refreshes), ``t`` never; with
+    ``shown_only``, leaving out UPDATEs that changed nothing an embedding document shows."""
+    return sql.SQL(
+        "SELECT DISTINCT k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
+        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = ANY({}){}"
+    ).format(
+        sql.Literal(relid),
+        sql.Literal(list(ops)),
+        sql.SQL(" AND c.shown IS NOT FALSE") if shown_only else sql.SQL(""),
+    )
+
+
+def changed_keys_with_positions(relid: int) -> sql.Composable:
+    """(key, last position) of every changed key of ``relid`` in batch ``%(batch)s``."""
+    return sql.SQL(
+        "SELECT k.key, max(c.pos) AS pos FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)"
+        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k' GROUP BY k.key"
+    ).format(sql.Literal(relid))
+
+
+def old_join_values(relid: int, casts: sql.Composable) -> sql.Composable:
+    """The recorded old join values of ``relid``'s changes in batch ``%(batch)s``, one row each,
+    selected by ``casts`` over ``j.old`` (a jsonb text)."""
+    return sql.SQL(
+        "SELECT {} FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.joins) AS j(old)"
+        " WHERE c.batch_id = %(batch)s AND c.relid = {} AND c.op = 'k' AND c.shown IS NOT FALSE"
+    ).format(casts, sql.Literal(relid))
+
+
+def batch_ops(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, str]]:
+    """(relid, op) pairs present in the batch."""
+    rows = conn.execute(
+        "SELECT DISTINCT relid::int, op FROM cdc.batch_changes WHERE batch_id = %s", [batch_id]
+    ).fetchall()
+    return [(int(relid), str(op)) for relid, op in rows]
 
 
 def pending_batches(conn: psycopg.Connection[Any]) -> list[int]:
-    """Batches claimed for applying (run or snapshot) and not yet applied, in ledger order."""
+    """Batches claimed for applying (run or snapshot) and not yet applied, in ledger order. A reader:
+    the caller ends the transaction."""
     with pg.translated("reading the ledger"):
-        rows = conn.execute(
-            "SELECT batch_id FROM cdc.batches WHERE state <> 'applied' AND mode IN ('run', 'snapshot')"
-            " ORDER BY batch_id"
-        ).fetchall()
-    conn.commit()
+        rows = conn.execute(_sql("pending_batches")).fetchall()
     return [int(row[0]) for row in rows]
 
 
@@ -25,24 +174,85 @@ def committed_batches(conn: psycopg.Connection[Any], first: int | None = None, l
     """Batch ids the ledger committed (exported, or applied) between ``first`` and ``last``.
 
     A claim is committed with its export, so an id absent from here was burned by an interrupted
-    claim and never held a change.
+    claim and never held a change. A reader: the caller ends the transaction.
     """
     with pg.translated("reading the ledger"):
-        rows = conn.execute(
-            "SELECT batch_id FROM cdc.batches WHERE state <> 'claimed'"
-            " AND batch_id >= coalesce(%s::bigint, batch_id) AND batch_id <= coalesce(%s::bigint, batch_id)",
-            [first, last],
-        ).fetchall()
-    conn.commit()
+        rows = conn.execute(_sql("committed_batches"), {"first": first, "last": last}).fetchall()
     return {int(row[0]) for row in rows}
 
 
 def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
-    """Applied: MongoDB acknowledged every write with w:majority. The claimed keys are released."""
+    """Applied: MongoDB acknowledged every write with w:majority. The claimed keys are released; commits."""
     with pg.translated(f"marking batch {batch_id} applied"):
-        conn.execute("UPDATE cdc.batches SET state = 'applied', applied_at = now() WHERE batch_id = %s", [batch_id])
-        conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = %s", [batch_id])
+        conn.execute(_sql("mark_applied"), {"batch": batch_id})
+        conn.execute(_sql("release_changes"), {"batches": [batch_id]})
         conn.commit()
+
+
+def release_changes(conn: psycopg.Connection[Any], batch_ids: list[int]) -> None:
+    """Drop the claimed keys the ledger holds for these batches (pruned ones); in the caller's transaction."""
+    conn.execute(_sql("release_changes"), {"batches": batch_ids})
+
+
+def enqueue_keys(conn: psycopg.Connection[Any], relid: int, keys: list[str], op: str = "k") -> None:
+    """Put keys (outbox text form) back as changes of ``relid``, read again at drain time; in the
+    caller's transaction. ``op`` ``r``: a refresh of a mapped collection's roots only."""
+    conn.execute(_sql("enqueue_keys"), {"relid": relid, "op": op, "keys": keys})
+
+
+def enqueue_keys_at(conn: psycopg.Connection[Any], relid: int, keys: list[str], op: str = "k") -> int:
+    """``enqueue_keys``, returning the position the keys were given."""
+    row = conn.execute(_sql("enqueue_keys_at"), {"relid": relid, "op": op, "keys": keys}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def waiting_up_to(conn: psycopg.Connection[Any], pos: int, *, applying: bool) -> bool:
+    """Whether changes up to ``pos`` still wait (outbox, or batches not applied / not archived)."""
+    with pg.translated("reading the ledger"):
+        row = conn.execute(_sql("waiting_up_to"), {"pos": pos, "applying": applying}).fetchone()
+    return bool(row and row[0])
+
+
+def unfinished(conn: psycopg.Connection[Any]) -> int:
+    """Outbox rows plus batches not applied (0: everything captured is in MongoDB)."""
+    row = conn.execute(_sql("unfinished")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def export_batches_not_loaded(conn: psycopg.Connection[Any], before: int | None = None) -> list[int]:
+    """Batches of ``cdc export`` not marked loaded (or applied), optionally only those below ``before``."""
+    with pg.translated("reading the ledger"):
+        rows = conn.execute(_sql("export_batches_not_loaded"), {"before": before}).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def batches_between(conn: psycopg.Connection[Any], first: int, last: int) -> list[tuple[int, str, str]]:
+    with pg.translated("reading the ledger"):
+        rows = conn.execute(_sql("batches_between"), {"first": first, "last": last}).fetchall()
+    return [(int(batch_id), str(mode), str(state)) for batch_id, mode, state in rows]
+
+
+def mark_loaded(conn: psycopg.Connection[Any], batch_ids: list[int]) -> None:
+    """Export batches loaded outside the pipeline count as applied; in the caller's transaction."""
+    with pg.translated("marking batches loaded"):
+        conn.execute(_sql("mark_loaded"), {"batches": batch_ids})
+
+
+def prune_candidates(conn: psycopg.Connection[Any], folders: list[int]) -> list[tuple[Any, ...]]:
+    """The ledger's rows of the archive's folders, and of export batches whose keys it still holds."""
+    with pg.translated("reading the ledger"):
+        return [tuple(row) for row in conn.execute(_sql("prune_candidates"), {"folders": folders}).fetchall()]
+
+
+def last_batches(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """(last exported id, its mode, exported_at, age s, last applied id, applied_at, age s, worker running)."""
+    with pg.translated("reading the ledger"):
+        row = conn.execute(
+            _sql("last_batches"), {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from cdc import archive, pg
+from cdc import archive, ledger, pg
 from cdc.errors import ArchiveError, LostBatches, PrunedGap
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,7 @@ def plan(
     folders = {int(path.name): path for path in archive.batch_paths(archive_dir)}
     with pg.translated("reading the ledger"):
         now_row = conn.execute("SELECT now()").fetchone()
-        rows = conn.execute(
-            """SELECT b.batch_id, b.mode, b.state, b.pos_min::text, b.pos_max::text, b.exported_at, b.applied_at
-               FROM cdc.batches b
-               WHERE b.batch_id = ANY(%s)
-                  OR (b.state IN ('exported', 'applied') AND b.mode = 'export'
-                      AND EXISTS (SELECT 1 FROM cdc.batch_changes c WHERE c.batch_id = b.batch_id))
-               ORDER BY b.batch_id""",
-            [sorted(folders)],
-        ).fetchall()
+        rows = ledger.prune_candidates(conn, sorted(folders))
     conn.commit()
     assert now_row is not None
     cutoff: dt.datetime = now_row[0] - dt.timedelta(days=keep_days)
@@ -154,7 +146,7 @@ def execute(conn: psycopg.Connection[Any], archive_dir: Path, chosen: PrunePlan)
             )
     archive.fsync_dir(archive_dir)
     with pg.translated("dropping the ledger's changes of pruned batches"):
-        conn.execute("DELETE FROM cdc.batch_changes WHERE batch_id = ANY(%s)", [ids])
+        ledger.release_changes(conn, ids)
         conn.commit()
 
 

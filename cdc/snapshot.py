@@ -147,13 +147,9 @@ def _enqueue_page(
             with pg.translated(f"enqueueing keys of {table.display}"):
                 rows: list[tuple[Any, ...]] = conn.execute(page, params).fetchall()
                 if rows:
-                    pos_row = conn.execute(
-                        "INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, %s, %s) RETURNING pos",
-                        [table.relid, op, [row[0] for row in rows]],
-                    ).fetchone()
-                    assert pos_row is not None
+                    pos = ledger.enqueue_keys_at(conn, table.relid, [row[0] for row in rows], op)
                     if record is not None:
-                        record.page(conn, table.relid, op, rows[-1][0], int(pos_row[0]), len(rows))
+                        record.page(conn, table.relid, op, rows[-1][0], pos, len(rows))
                 elif record is not None:
                     record.finished(conn, table.relid, op)
                 conn.commit()
@@ -379,17 +375,9 @@ def in_flight(conn: psycopg.Connection[Any], step: Step) -> bool:
     applied (``apply``) or not yet archived (``export``)."""
     if step.last_pos is None:
         return False
-    states = "state <> 'applied' AND mode IN ('run', 'snapshot')" if step.mode == "apply" else "state = 'claimed'"
-    with pg.translated("reading the snapshot progress"):
-        row = conn.execute(
-            sql.SQL(
-                """SELECT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= %(pos)s)
-                       OR EXISTS (SELECT 1 FROM cdc.batches WHERE {} AND pos_min <= %(pos)s)"""
-            ).format(sql.SQL(states)),
-            {"pos": step.last_pos},
-        ).fetchone()
+    waiting = ledger.waiting_up_to(conn, step.last_pos, applying=step.mode == "apply")
     conn.commit()
-    return bool(row and row[0])
+    return waiting
 
 
 def _steps_of(chosen: Sequence[Target]) -> list[tuple[int, str]]:
@@ -524,7 +512,8 @@ def export_enqueued(
     conn = drain.drain_connection(dsn)
     try:
         drain.recover_partials(conn, archive_dir)
-        head = drain.outbox_head(conn)
+        head = ledger.outbox_head(conn)
+        conn.commit()
         while not stop.is_set():
             batch = drain.export_batch(conn, archive_dir, batch_size=batch_size, up_to=head)
             if batch is None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WORKER_LOCK = (0x0CDC, 3)  # pg_advisory_lock(int, int)
+WORKER_LOCK = ledger.WORKER_LOCK  # pg_advisory_lock(int, int)
 DEBOUNCE_S = 0.005
 SUMMARY_EVERY_S = 10.0  # `cdc run`: one summary line this often while batches are applied
 
@@ -265,12 +265,10 @@ class Worker:
         with pg.translated(f"re-exporting batch {batch_id}"):
             try:
                 writer = drain.write_batch(conn, self.archive_dir, batch_id)
-                row = conn.execute(
-                    "SELECT pos_min, pos_max, mode FROM cdc.batches WHERE batch_id = %s", [batch_id]
-                ).fetchone()
-                assert row is not None
+                info = ledger.batch_info(conn, batch_id)
+                assert info is not None
                 try:
-                    writer.finish(row[0], row[1], {"mode": row[2], "reexported": True})
+                    writer.finish(info.pos_min, info.pos_max, {"mode": str(info.mode), "reexported": True})
                 except OSError as exc:
                     writer.abort()
                     raise ArchiveWriteError(f"batch {batch_id}: cannot re-export: {exc.strerror}") from None
@@ -281,13 +279,11 @@ class Worker:
         return archive.read_batch(writer.publish())
 
     def _matches_ledger(self, batch: archive.Batch) -> bool:
-        with pg.translated("reading the ledger"):
-            row = self.conn.execute(
-                "SELECT pos_min::text, pos_max::text FROM cdc.batches WHERE batch_id = %s", [batch.batch_id]
-            ).fetchone()
-            self.conn.commit()
+        info = ledger.batch_info(self.conn, batch.batch_id)
+        self.conn.commit()  # the next claim on this connection reads a fresh snapshot
         position = batch.manifest.get("position", {})
-        return row is not None and (position.get("min"), position.get("max")) == (row[0], row[1])
+        recorded = (str(info.pos_min), str(info.pos_max)) if info is not None else None
+        return recorded == (position.get("min"), position.get("max"))
 
     def apply_batch(self, batch_id: int, fast_insert: set[str] | None = None) -> ApplyStats:
         self.check_lock()
@@ -328,9 +324,16 @@ class Worker:
 
     def finish_pending(self) -> int:
         pending = ledger.pending_batches(self.conn)
+        self.conn.commit()
         for batch_id in pending:
             self.apply_batch(batch_id)
         return len(pending)
+
+    def cycle_to_head(self) -> int:
+        """``cycle`` up to the outbox position seen now (``--once``, a snapshot, a repair)."""
+        head = ledger.outbox_head(self.conn)
+        self.conn.commit()
+        return self.cycle(up_to=head)
 
     def cycle(self, up_to: int | None = None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).
@@ -406,6 +409,7 @@ class Worker:
             # (after batch N, N+1 needs no look: a claim commits within its exporter's turn, so
             # any batch below N+1 was visible when N was applied)
             earlier = [pending for pending in ledger.pending_batches(self.conn) if pending < batch_id]
+            self.conn.commit()
         for pending in earlier:
             log.info("batch %d: pending from an earlier claim; applying it first", pending)
             self.apply_batch(pending)
@@ -422,7 +426,7 @@ class Worker:
                 summary.start()
             if once:
                 self.partitions.check()  # before the head is read: the keys it records are drained too
-                self.cycle(up_to=drain.outbox_head(self.conn))
+                self.cycle_to_head()
                 return self.stats
             backoff = Backoff(self.stop, "cycle")
             while not self.stop.is_set():

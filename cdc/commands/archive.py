@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cdc import archive, capture, mongo, mongoimport, pg, prune
+from cdc import archive, capture, ledger, mongo, mongoimport, pg, prune
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, UsageError
@@ -91,9 +91,7 @@ def _unloaded(settings: Settings) -> set[int]:
     with pg.connect(settings.pg_dsn()) as conn:
         if not capture.is_installed(conn):
             raise ConfigError("capture is not installed: there is no ledger to ask which batches are loaded")
-        with pg.translated("reading the ledger"):
-            rows = conn.execute("SELECT batch_id FROM cdc.batches WHERE mode = 'export' AND state = 'exported'")
-            return {int(row[0]) for row in rows}
+        return set(ledger.export_batches_not_loaded(conn))
 
 
 @archive_group.command(name="mongoimport-commands")
@@ -215,16 +213,8 @@ def mark_loaded_command(settings: Settings, batches: str, no_target: bool) -> No
     with pg.connect(settings.pg_dsn()) as conn:
         if not capture.is_installed(conn):
             raise ConfigError("capture is not installed: there is no ledger to record loaded batches in")
-        with pg.translated("reading the ledger"):
-            rows = conn.execute(
-                "SELECT batch_id, mode, state FROM cdc.batches WHERE batch_id BETWEEN %s AND %s ORDER BY batch_id",
-                [lo, hi],
-            ).fetchall()
-            earlier = conn.execute(
-                "SELECT batch_id FROM cdc.batches WHERE batch_id < %s AND mode = 'export' AND state = 'exported'"
-                " ORDER BY batch_id",
-                [lo],
-            ).fetchall()
+        rows = ledger.batches_between(conn, lo, hi)
+        earlier = ledger.export_batches_not_loaded(conn, before=lo)
         conn.commit()
         if lo == hi and not rows:
             raise ConfigError(f"batch {lo} is not in the ledger")
@@ -234,19 +224,14 @@ def mark_loaded_command(settings: Settings, batches: str, no_target: bool) -> No
             if mode != "export" and state != "applied":
                 raise ConfigError(f"batch {batch_id} belongs to `cdc {mode}`, whose worker applies it; not marked")
         marked = [int(batch_id) for batch_id, mode, state in rows if mode == "export" and state == "exported"]
-        with pg.translated("marking batches loaded"):
-            conn.execute(
-                "UPDATE cdc.batches SET state = 'applied', applied_at = now()"
-                " WHERE batch_id = ANY(%s) AND mode = 'export' AND state = 'exported'",
-                [marked],
-            )
-            conn.commit()
+        ledger.mark_loaded(conn, marked)
+        conn.commit()
     if earlier:
         log.warning(
             "batches %s come before and are not marked loaded: load batches in order",
-            prune.describe_ids(int(row[0]) for row in earlier),
+            prune.describe_ids(earlier),
         )
-    recorded = "" if no_target else _record_on_target(settings, [int(row[0]) for row in rows])
+    recorded = "" if no_target else _record_on_target(settings, [row[0] for row in rows])
     already = len(rows) - len(marked)
     click.echo(
         f"marked {len(marked)} batches loaded"

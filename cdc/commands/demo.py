@@ -344,7 +344,7 @@ def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, 
     try:
         with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
             worker.progress = progress
-            worker.cycle(up_to=drain.outbox_head(worker.conn))
+            worker.cycle_to_head()
     finally:
         worker.release()
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
@@ -382,10 +382,7 @@ def _live_sync(
         probe.close()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # let the worker catch up
-            waiting = conn.execute(
-                "SELECT (SELECT count(*) FROM cdc.outbox) + (SELECT count(*) FROM cdc.batches WHERE state <> 'applied')"
-            ).fetchone()
-            if waiting == (0,):
+            if ledger.unfinished(conn) == 0:
                 break
             time.sleep(0.2)
     stop.set()

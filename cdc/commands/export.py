@@ -9,7 +9,7 @@ from typing import Any
 import click
 import psycopg
 
-from cdc import capture, drain, shutdown
+from cdc import capture, drain, ledger, shutdown
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import ArchiveWriteError, CdcError, ConfigError, PostgresUnavailable
@@ -62,7 +62,9 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
             raise ConfigError("capture is not installed: run `cdc install` first")
         drain.recover_partials(conn, settings.archive_dir)
         if once:
-            _drain(conn, settings, batch_size=batch_size, up_to=drain.outbox_head(conn), stop=stop, totals=totals)
+            head = ledger.outbox_head(conn)
+            conn.commit()
+            _drain(conn, settings, batch_size=batch_size, up_to=head, stop=stop, totals=totals)
         else:
             backoff = Backoff(stop, "export", logger=log)
             while not stop.is_set():

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import archive, capture, drain, hierarchy, ledger, mongo, pg, shutdown, snapshot
+from cdc import archive, capture, hierarchy, ledger, mongo, pg, shutdown, snapshot
 from cdc.commands.options import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, Interrupted, PostgresUnavailable, ServerDown, UsageError
@@ -287,11 +287,13 @@ def _snapshot_apply(
         return
     try:
         with pg.connect(dsn) as conn:
-            head = drain.outbox_head(conn)
+            head = ledger.outbox_head(conn)
             waiting = ledger.backlog(conn).changes
         with track("apply", total=waiting, unit="keys", scale=True, logger=log) as progress:
             worker.progress = progress
-            for batch_id in ledger.pending_batches(worker.conn):  # what an interrupted snapshot left
+            pending = ledger.pending_batches(worker.conn)
+            worker.conn.commit()
+            for batch_id in pending:  # what an interrupted snapshot left
                 _snapshot_stopped(stop)
                 worker.apply_batch(batch_id)
             worker.cycle(up_to=head)
@@ -431,22 +433,7 @@ def _seconds(value: Any) -> float | None:
 def _ledger_status(conn: Any) -> dict[str, Any]:
     """What PostgreSQL knows: the backlog, the ledger's last batches, the worker, the captured tables."""
     waiting = ledger.backlog(conn)
-    with pg.translated("reading the ledger"):
-        row = conn.execute(
-            """WITH exported AS (SELECT batch_id, mode, exported_at FROM cdc.batches
-                                 WHERE state <> 'claimed' ORDER BY batch_id DESC LIMIT 1),
-                    applied AS (SELECT batch_id, applied_at FROM cdc.batches
-                                WHERE state = 'applied' ORDER BY batch_id DESC LIMIT 1)
-               SELECT (SELECT batch_id FROM exported), (SELECT mode FROM exported),
-                      (SELECT exported_at FROM exported),
-                      extract(epoch FROM now() - (SELECT exported_at FROM exported)),
-                      (SELECT batch_id FROM applied), (SELECT applied_at FROM applied),
-                      extract(epoch FROM now() - (SELECT applied_at FROM applied)),
-                      EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s
-                              AND granted)""",
-            [0x0CDC, 3],
-        ).fetchone()
-    assert row is not None
+    row = ledger.last_batches(conn)
     tables_state = capture.captured_tables(conn)
     return {
         "backlog_changes": waiting.changes,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import capture, drain, hierarchy, mongo, snapshot, verify
+from cdc import capture, drain, hierarchy, ledger, mongo, snapshot, verify
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.demo import dql_mongo
@@ -131,7 +131,7 @@ def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], dif
             else (item.relid, "k", item.collection)
         )
         if diff.repair_keys:
-            conn.execute("INSERT INTO cdc.outbox (relid, op, keys) VALUES (%s, %s, %s)", [relid, op, diff.repair_keys])
+            ledger.enqueue_keys(conn, relid, diff.repair_keys, op)
         for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
             # guarded by the position verify saw: a document the worker rewrote since then stays
             database[name].delete_one({"_id": key, "_cdc": seen})
@@ -140,6 +140,6 @@ def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], dif
     if not worker.acquire(wait=True):
         return
     try:
-        worker.cycle(up_to=drain.outbox_head(worker.conn))
+        worker.cycle_to_head()
     finally:
         worker.release()

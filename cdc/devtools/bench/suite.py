@@ -147,7 +147,7 @@ def _snapshot(dsn: str, worker: Worker) -> None:
         snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
     worker.acquire()
     try:
-        worker.cycle(up_to=drain.outbox_head(worker.conn))
+        worker.cycle_to_head()
     finally:
         worker.release()
 

@@ -1,0 +1,114 @@
+-- The ledger's SQL: the outbox, the batches and their changes. Only cdc/ledger.py runs these
+-- blocks (loaded by name); readers never commit, their callers end the transaction.
+
+-- name: outbox_head
+-- The highest position in the outbox now (0 when empty).
+SELECT coalesce(max(pos), 0) FROM cdc.outbox
+
+-- name: claim_candidates
+-- The oldest outbox rows up to a position, locked; rows another claimer holds are skipped.
+SELECT pos, coalesce(cardinality(keys), 0) FROM cdc.outbox WHERE pos <= %(up_to)s
+ORDER BY pos LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: next_batch_id
+SELECT nextval('cdc.batch_seq')
+
+-- name: insert_batch
+-- A claimed batch; its version (mapped documents carry it) is a position taken now, inside the
+-- exporters' turn, so versions follow the order of the snapshots batches read.
+INSERT INTO cdc.batches (batch_id, mode, state, pos_min, pos_max, key_count, version)
+VALUES (%(batch)s, %(mode)s, 'claimed', %(pos_min)s, %(pos_max)s, %(keys)s, nextval('cdc.position_seq'))
+
+-- name: move_claimed
+-- The claimed outbox rows move into the batch, in the claim's transaction.
+WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%(positions)s) RETURNING pos, relid, op, keys, joins, shown)
+INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins, shown)
+SELECT %(batch)s, pos, relid, op, keys, joins, shown FROM claimed
+
+-- name: give_back_batch_id
+-- An id drawn by a claim that rolled back, given back while nobody drew one since.
+SELECT setval('cdc.batch_seq', %(batch)s, false) FROM cdc.batch_seq WHERE last_value = %(batch)s AND is_called
+
+-- name: mark_exported
+UPDATE cdc.batches SET state = 'exported', exported_at = now(), counts = %(counts)s WHERE batch_id = %(batch)s
+
+-- name: batch_info
+SELECT batch_id, mode, state, pos_min, pos_max, coalesce(version, pos_max) FROM cdc.batches WHERE batch_id = %(batch)s
+
+-- name: batch_relations
+-- Each relation in a batch with its truncate positions.
+SELECT relid::int, coalesce(array_agg(pos ORDER BY pos) FILTER (WHERE op = 't'), '{}')
+FROM cdc.batch_changes WHERE batch_id = %(batch)s GROUP BY relid ORDER BY relid
+
+-- name: batch_table_keys
+SELECT c.pos, k.key FROM cdc.batch_changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
+WHERE c.batch_id = %(batch)s AND c.relid = %(relid)s
+
+-- name: pending_batches
+-- Batches claimed for applying (run or snapshot) and not yet applied, in ledger order.
+SELECT batch_id FROM cdc.batches WHERE state <> 'applied' AND mode IN ('run', 'snapshot') ORDER BY batch_id
+
+-- name: committed_batches
+SELECT batch_id FROM cdc.batches WHERE state <> 'claimed'
+AND batch_id >= coalesce(%(first)s::bigint, batch_id) AND batch_id <= coalesce(%(last)s::bigint, batch_id)
+
+-- name: mark_applied
+UPDATE cdc.batches SET state = 'applied', applied_at = now() WHERE batch_id = %(batch)s
+
+-- name: release_changes
+-- The claimed keys of applied (or pruned) batches are released.
+DELETE FROM cdc.batch_changes WHERE batch_id = ANY(%(batches)s)
+
+-- name: enqueue_keys
+-- Keys put back into the outbox as changes (a snapshot page, a repair): read again at drain time.
+INSERT INTO cdc.outbox (relid, op, keys) VALUES (%(relid)s, %(op)s, %(keys)s)
+
+-- name: unfinished
+-- Outbox rows plus batches not applied: zero when everything captured is in MongoDB.
+SELECT (SELECT count(*) FROM cdc.outbox) + (SELECT count(*) FROM cdc.batches WHERE state <> 'applied')
+
+-- name: export_batches_not_loaded
+SELECT batch_id FROM cdc.batches WHERE mode = 'export' AND state = 'exported'
+AND batch_id < coalesce(%(before)s::bigint, batch_id + 1) ORDER BY batch_id
+
+-- name: batches_between
+SELECT batch_id, mode, state FROM cdc.batches WHERE batch_id BETWEEN %(first)s AND %(last)s ORDER BY batch_id
+
+-- name: mark_loaded
+-- Export batches loaded outside the pipeline (mongoimport) count as applied.
+UPDATE cdc.batches SET state = 'applied', applied_at = now()
+WHERE batch_id = ANY(%(batches)s) AND mode = 'export' AND state = 'exported'
+
+-- name: prune_candidates
+SELECT b.batch_id, b.mode, b.state, b.pos_min::text, b.pos_max::text, b.exported_at, b.applied_at
+FROM cdc.batches b
+WHERE b.batch_id = ANY(%(folders)s)
+   OR (b.state IN ('exported', 'applied') AND b.mode = 'export'
+       AND EXISTS (SELECT 1 FROM cdc.batch_changes c WHERE c.batch_id = b.batch_id))
+ORDER BY b.batch_id
+
+-- name: last_batches
+-- The last exported and the last applied batch, with their ages, and whether a worker holds its lock.
+WITH exported AS (SELECT batch_id, mode, exported_at FROM cdc.batches
+                  WHERE state <> 'claimed' ORDER BY batch_id DESC LIMIT 1),
+     applied AS (SELECT batch_id, applied_at FROM cdc.batches
+                 WHERE state = 'applied' ORDER BY batch_id DESC LIMIT 1)
+SELECT (SELECT batch_id FROM exported), (SELECT mode FROM exported), (SELECT exported_at FROM exported),
+       extract(epoch FROM now() - (SELECT exported_at FROM exported)),
+       (SELECT batch_id FROM applied), (SELECT applied_at FROM applied),
+       extract(epoch FROM now() - (SELECT applied_at FROM applied)),
+       EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %(lock_class)s
+               AND objid = %(lock_object)s AND objsubid = 2 AND granted)
+
+-- name: enqueue_keys_at
+-- enqueue_keys, returning the position the keys were given.
+INSERT INTO cdc.outbox (relid, op, keys) VALUES (%(relid)s, %(op)s, %(keys)s) RETURNING pos
+
+-- name: waiting_up_to
+-- Whether changes up to a position still wait: in the outbox, or in batches not done (for applying:
+-- not applied; for exporting: still claimed).
+SELECT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= %(pos)s)
+    OR EXISTS (SELECT 1 FROM cdc.batches
+               WHERE pos_min <= %(pos)s
+                 AND CASE WHEN %(applying)s THEN state <> 'applied' AND mode IN ('run', 'snapshot')
+                          ELSE state = 'claimed' END)
