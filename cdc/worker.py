@@ -12,153 +12,36 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 
 from cdc import archive, drain, faults, hierarchy, ledger, pg
-from cdc.capture import NOTIFY_CHANNEL
+from cdc.backoff import TRANSIENT, Backoff
 from cdc.errors import (
     ArchiveError,
     ArchiveWriteError,
     CdcError,
     LockLost,
-    MongoUnavailable,
     PostgresUnavailable,
 )
+from cdc.lock import WORKER_LOCK, WorkerLock
 from cdc.progress import Progress
+from cdc.run_summary import SUMMARY_EVERY_S, BacklogReader, RunStats, Summary
 from cdc.sink import Applier, ApplyStats
+from cdc.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from cdc.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-WORKER_LOCK = ledger.WORKER_LOCK  # pg_advisory_lock(int, int)
-DEBOUNCE_S = 0.005
-SUMMARY_EVERY_S = 10.0  # `cdc run`: one summary line this often while batches are applied
-
-
-@dataclass
-class RunStats:
-    batches: int = 0
-    changes: int = 0
-    stale: int = 0
-    rejected: int = 0
-    last_batch: int | None = None
-    last_success: float | None = None
-
-
-# Faults that may pass on their own (``CdcError.transient``): a loop retries them, backing off;
-# anything else stops it.
-TRANSIENT = tuple(cls for cls in (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError) if cls.transient)
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 30.0
-STILL_FAILING_EVERY_S = 300.0
-_NUMBERS = re.compile(r"\d+")
-
-
-class Backoff:
-    """The pause between retries of a long-running loop, and its log lines, for a persistent fault.
-
-    The pause starts at 1 s and doubles up to 30 s (±10% jitter, so workers that failed together do not
-    retry in step); a success resets it. Logged: the first failure, a failure whose error differs from
-    the last one logged (numbers aside: a batch id is not a new error), every 5 minutes "still failing
-    (N attempts)", and the recovery, with its count. The other attempts are logged at debug level.
-
-    A small explicit loop rather than tenacity's ``Retrying``: the loop never ends (success resets
-    the pause instead of returning), its sleep must end at once on SIGTERM (``stop.wait``), and the
-    log lines depend on the error changing, which tenacity's ``before_sleep`` hooks do not track.
-    """
-
-    def __init__(
-        self,
-        stop: threading.Event,
-        what: str,
-        *,
-        first: float = BACKOFF_FIRST_S,
-        cap: float = BACKOFF_MAX_S,
-        remind_every: float = STILL_FAILING_EVERY_S,
-        logger: logging.Logger | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        jitter: float = 0.1,
-    ) -> None:
-        self.stop = stop
-        self.what = what
-        self.first, self.cap, self.remind_every, self.jitter = first, cap, remind_every, jitter
-        self.log = logger or log
-        self.clock = clock
-        self.attempts = 0
-        self.delay = 0.0
-        self._since = self._logged_at = 0.0
-        self._logged_error = ""
-
-    @property
-    def failing(self) -> bool:
-        return self.attempts > 0
-
-    def failed(self, exc: BaseException) -> float:
-        """Count a failed attempt, log it when it says something new, and return the next pause."""
-        now = self.clock()
-        self.attempts += 1
-        base = min(self.cap, self.first * 2 ** min(self.attempts - 1, 32))
-        self.delay = base * (1 + random.uniform(-self.jitter, self.jitter))  # noqa: S311 (not crypto)
-        error = str(exc) or type(exc).__name__
-        key = _NUMBERS.sub("#", f"{type(exc).__name__}: {error}")
-        extra = {"action": "retry", "what": self.what, "attempt": self.attempts, "retry_in_s": round(self.delay, 1)}
-        if self.attempts == 1:
-            self._since = now
-            self.log.warning("%s interrupted: %s; retrying in %.0fs", self.what, error, self.delay, extra=extra)
-        elif key != self._logged_error:
-            self.log.warning(
-                "%s still failing (%d attempts), now: %s; retrying in %.0fs",
-                self.what,
-                self.attempts,
-                error,
-                self.delay,
-                extra=extra,
-            )
-        elif now - self._logged_at >= self.remind_every:
-            self.log.warning(
-                "%s still failing (%d attempts in %.0fs): %s; retrying in %.0fs",
-                self.what,
-                self.attempts,
-                now - self._since,
-                error,
-                self.delay,
-                extra=extra,
-            )
-        else:
-            self.log.debug("%s failed again (attempt %d): %s", self.what, self.attempts, error, extra=extra)
-            return self.delay
-        self._logged_at, self._logged_error = now, key
-        return self.delay
-
-    def wait(self) -> None:
-        """Sleep the pause chosen by the last ``failed`` (at once over when ``stop`` is set)."""
-        self.stop.wait(self.delay)
-
-    def succeeded(self) -> None:
-        """An attempt went through: log the recovery (after failures) and reset the pause."""
-        if self.attempts:
-            self.log.info(
-                "%s recovered after %d failed attempts in %.0fs",
-                self.what,
-                self.attempts,
-                self.clock() - self._since,
-                extra={"action": "recovered", "what": self.what, "attempts": self.attempts},
-            )
-        self.attempts = 0
-        self.delay = 0.0
-        self._logged_error = ""
+# what `cdc run`, the tests and the bench import from here
+__all__ = ["SUMMARY_EVERY_S", "WORKER_LOCK", "Backoff", "LockLost", "RunStats", "Summary", "Worker"]
 
 
 class Worker:
@@ -173,9 +56,12 @@ class Worker:
         metrics: Metrics | None = None,
         batch_log_level: int = logging.INFO,
         summary_every: float | None = None,
+        fast_insert: set[str] | None = None,
     ) -> None:
         """``batch_log_level``: the level of each batch's lines ("batch N: … changes" when exported,
-        "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often."""
+        "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often;
+        ``fast_insert``: collections known empty, written with the insert path (a snapshot's). With
+        ``metrics``, build the applier with ``Applier(…, on_retry=metrics.retried)``."""
         self.dsn = dsn
         self.applier = applier
         self.archive_dir = archive_dir
@@ -185,61 +71,32 @@ class Worker:
         self.metrics = metrics
         self.batch_log_level = batch_log_level
         self.summary_every = summary_every
-        if metrics is not None:
-            applier.on_retry = metrics.retried
-        self.fast_insert: set[str] = set()  # collections known empty: the insert path
+        self.fast_insert = set(fast_insert or ())  # collections known empty: the insert path
         self.progress: Progress | None = None  # told the changes of every batch applied
-        self._lock_conn: psycopg.Connection[Any] | None = None
+        self.lock = WorkerLock(dsn, self.stop)
         self._conn: psycopg.Connection[Any] | None = None
         self._export_conn: psycopg.Connection[Any] | None = None
-        self._lock_pid: int | None = None  # the backend holding the worker lock: the claim's fence
-        self._listener: psycopg.Connection[Any] | None = None
+        self.wakeup = Wakeup(dsn, self.stop)
         self.partitions = hierarchy.Watch(dsn)
 
-    # ---- the lock -----------------------------------------------------------------------------
+    # ---- the lock (cdc.lock) -----------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:
-        self._lock_conn = pg.connect(self.dsn, autocommit=True)
-        while not self.stop.is_set():
-            with pg.translated("taking the worker lock"):
-                row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
-            if row and row[0]:
-                self._lock_pid = self._lock_conn.info.backend_pid
-                return True
-            if not wait:
-                return False
-            log.info("another worker holds the lock; waiting", extra={"action": "worker_wait"})
-            self.stop.wait(2)
-        return False
+        return self.lock.acquire(wait)
 
     def assert_lock_holder(self, conn: psycopg.Connection[Any]) -> None:
-        """Inside a claim's transaction: raise ``LockLost`` unless our lock backend still holds the lock.
-
-        ``check_lock`` runs before the claim; this runs in it, so a worker whose lock connection died
-        a moment ago claims nothing (a lock is no fence once its connection has dropped)."""
-        row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
-            " AND objsubid = 2 AND pid = %s AND granted)",
-            [*WORKER_LOCK, self._lock_pid],
-        ).fetchone()
-        if not row or not row[0]:
-            raise LockLost()
+        """Inside a claim's transaction: the claim's fence (``WorkerLock.fence``)."""
+        self.lock.fence(conn)
 
     def check_lock(self) -> None:
-        """Raise ``LockLost`` unless the lock connection is up and still holds the lock."""
-        conn = self._lock_conn
-        if conn is None:
-            raise LockLost()
-        try:
-            self.assert_lock_holder(conn)
-        except psycopg.Error:
-            raise LockLost() from None
+        self.lock.check()
 
     def release(self) -> None:
         self.partitions.close()
-        for conn in (self._conn, self._export_conn, self._lock_conn):
+        for conn in (self._conn, self._export_conn):
             if conn is not None and not conn.closed:
                 conn.close()
-        self._conn = self._export_conn = self._lock_conn = None
+        self._conn = self._export_conn = None
+        self.lock.release()
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -364,7 +221,7 @@ class Worker:
             self._exported(exported)
             if exported.keys >= self.batch_size:
                 return done + self._pipelined(exported, up_to)
-            done += self._apply_in_order(exported.batch_id)
+            done += self.apply_in_order(exported.batch_id)
         return done
 
     def _exported(self, exported: drain.ExportedBatch) -> None:
@@ -379,12 +236,12 @@ class Worker:
         exporter = _Exporter(self, up_to)
         applied_all = False
         try:
-            done = self._apply_in_order(first.batch_id)
+            done = self.apply_in_order(first.batch_id)
             for exported in exporter.batches():
                 self._exported(exported)
                 if self.stop.is_set():
                     break
-                done += self._apply_in_order(exported.batch_id)
+                done += self.apply_in_order(exported.batch_id)
                 exporter.applied()
             else:
                 applied_all = True
@@ -401,7 +258,7 @@ class Worker:
             self._export_conn = drain.drain_connection(self.dsn)
         return self._export_conn
 
-    def _apply_in_order(self, batch_id: int) -> int:
+    def apply_in_order(self, batch_id: int) -> int:
         """Apply ``batch_id``, after any pending batch with a smaller id (one another worker claimed
         just before it lost its lock): batches reach MongoDB in batch order."""
         earlier = []
@@ -444,49 +301,13 @@ class Worker:
                     backoff.wait()
                     continue
                 backoff.succeeded()
-                self._wait(interval, listen)
+                self.wakeup.wait(interval, listen)
         finally:
             if summary is not None:
                 summary.close()
-            self._close_listener()
+            self.wakeup.close()
             self.release()
         return self.stats
-
-    def _close_listener(self) -> None:
-        if self._listener is not None and not self._listener.closed:
-            self._listener.close()
-        self._listener = None
-
-    def _wait(self, interval: float, listen: bool) -> None:
-        """Sleep until the next poll, or until a NOTIFY arrives (a dropped listener falls back to polling)."""
-        if listen and self._listener is None:
-            try:
-                self._listener = pg.connect(self.dsn, autocommit=True)
-                self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-            except (PostgresUnavailable, psycopg.Error) as exc:
-                log.warning("cannot listen (%s); polling", exc, extra={"action": "listen_failed"})
-                self._close_listener()
-        if self._listener is None:
-            self.stop.wait(interval if not listen else min(interval, 1.0))
-            return
-        deadline = time.monotonic() + interval
-        try:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                # short slices, so a stop request is seen quickly; any notification wakes the worker
-                woke = False
-                timeout = min(0.5, max(0.0, deadline - time.monotonic()))
-                for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                    woke = True
-                if woke:
-                    # debounce: a burst of commits wakes one cycle, not one cycle per commit
-                    for _ in self._listener.notifies(timeout=DEBOUNCE_S):
-                        pass
-                    return
-        except psycopg.Error as exc:
-            log.warning(
-                "the LISTEN connection dropped (%s); reconnecting", pg.describe(exc), extra={"action": "listen_lost"}
-            )
-            self._close_listener()
 
     def _recover(self) -> None:
         """Before a retry: fresh data connections, and the lock taken again when it was lost.
@@ -500,109 +321,8 @@ class Worker:
         try:
             self.check_lock()
         except LockLost:
-            if self._lock_conn is not None:
-                self._lock_conn.close()
-            self._lock_conn = None
+            self.lock.release()
             self.acquire()
-
-
-class BacklogReader:
-    """The backlog on a connection of its own (autocommit, so each reading is live); None while
-    PostgreSQL cannot be read (the worker's own retries report that)."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def __call__(self) -> ledger.Backlog | None:
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            return ledger.backlog(self._conn)
-        except (CdcError, psycopg.Error):
-            self.close()
-            return None
-
-    def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
-
-
-class Summary:
-    """Every ``every`` seconds, one INFO line for what the worker did since the last tick: batches,
-    changes, stale, rejected, then the backlog and its age. A tick that applied nothing and
-    rejected nothing prints nothing, so an idle worker stays quiet. ``cdc run`` uses it instead of
-    a line per batch (those are debug lines: ``-v``)."""
-
-    def __init__(
-        self,
-        stats: RunStats,
-        backlog: Callable[[], ledger.Backlog | None],
-        *,
-        every: float = SUMMARY_EVERY_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stats = stats
-        self.backlog = backlog
-        self.every = every
-        self.clock = clock
-        self._seen = self._counts()
-        self._since = clock()
-        self._halt = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _counts(self) -> tuple[int, int, int, int]:
-        return self.stats.batches, self.stats.changes, self.stats.stale, self.stats.rejected
-
-    def tick(self) -> bool:
-        """Log the line for the time since the last tick; False, and nothing logged, when nothing happened."""
-        counts, now = self._counts(), self.clock()
-        batches, changes, stale, rejected = (new - old for new, old in zip(counts, self._seen, strict=True))
-        fields: dict[str, Any] = {
-            "seconds": round(now - self._since, 1),
-            "batches": batches,
-            "changes": changes,
-            "stale": stale,
-            "rejected": rejected,
-            "total_batches": counts[0],
-        }
-        self._seen, self._since = counts, now
-        if not (batches or rejected):
-            return False
-        waiting = self.backlog()
-        if waiting is None:
-            log.info(
-                "last %(seconds).0fs: %(batches)d batches, %(changes)d changes (%(stale)d stale, "
-                "%(rejected)d rejected); backlog unknown (PostgreSQL cannot be read)",
-                fields,
-                extra={"action": "summary"},
-            )
-            return True
-        fields.update(backlog=waiting.changes, lag_s=round(waiting.oldest_age_s, 1))
-        log.info(
-            "last %(seconds).0fs: %(batches)d batches, %(changes)d changes (%(stale)d stale, "
-            "%(rejected)d rejected); backlog %(backlog)d changes, oldest %(lag_s).1fs",
-            fields,
-            extra={"action": "summary"},
-        )
-        return True
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cdc-summary", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._halt.wait(self.every):
-            self.tick()
-
-    def close(self) -> None:
-        self._halt.set()
-        if self._thread is not None:
-            self._thread.join()
-        closer = getattr(self.backlog, "close", None)
-        if callable(closer):
-            closer()
 
 
 class _Exporter:

@@ -330,16 +330,17 @@ def _prepare(dsn: str, counts: Counts, scale: str, mapping_file: tuple[str, str]
 
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
+    with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
+        keys, fast = snapshot.prepare_targets(conn, database, snapshot.targets(conn, None), progress)
     worker = Worker(
         dsn,
-        Applier(database),
+        Applier(database, on_retry=metrics.retried if metrics is not None else None),
         settings.archive_dir,
         batch_size=snapshot.BATCH_SIZE,
         metrics=metrics,
         batch_log_level=logging.DEBUG,  # a progress line instead (each batch with -v)
+        fast_insert=fast,
     )
-    with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
-        keys, worker.fast_insert = snapshot.prepare_targets(conn, database, snapshot.targets(conn, None), progress)
     worker.acquire()
     try:
         with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
@@ -356,7 +357,7 @@ def _live_sync(
     stop = threading.Event()
     worker = Worker(
         dsn,
-        Applier(database),
+        Applier(database, on_retry=metrics.retried if metrics is not None else None),
         settings.archive_dir,
         stop=stop,
         metrics=metrics,

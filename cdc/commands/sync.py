@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from cdc.worker import SUMMARY_EVERY_S, Worker
 log = logging.getLogger(__name__)
 
 
-def _applier(settings: Settings) -> Applier:
-    return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db])
+def _applier(settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Applier:
+    return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db], on_retry=on_retry)
 
 
 def _require_capture(conn: Any) -> None:
@@ -112,7 +113,7 @@ def run(
             metrics.serve(metrics_host, metrics_port)
         worker = Worker(
             dsn,
-            _applier(settings),
+            _applier(settings, on_retry=metrics.retried if metrics is not None else None),
             settings.archive_dir,
             batch_size=batch_size,
             stop=stop,
@@ -278,8 +279,7 @@ def _snapshot_apply(
     stop: snapshot.StopRequest,
 ) -> None:
     """Apply what was enqueued (and what an interrupted snapshot left) up to the outbox head now."""
-    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size, stop=stop.event)
-    worker.fast_insert = fast
+    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size, stop=stop.event, fast_insert=fast)
     if not worker.acquire(wait=False):
         with pg.connect(dsn) as conn:
             snapshot.forget(conn, chosen)  # every key is enqueued: the running worker finishes it

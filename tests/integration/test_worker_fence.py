@@ -38,7 +38,7 @@ def test_a_worker_whose_lock_connection_died_claims_nothing(fenced, tmp_path):
     try:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("INSERT INTO fenced VALUES (1, 'a'), (2, 'b')")
-            lock_pid = worker._lock_conn.info.backend_pid
+            lock_pid = worker.lock.backend_pid
             admin.execute("SELECT pg_terminate_backend(%s)", [lock_pid])
         # the claim itself is fenced, not only the check before it
         with drain.drain_connection(dsn) as conn, pytest.raises(LockLost):
@@ -67,7 +67,7 @@ def test_a_pending_batch_with_a_smaller_id_is_applied_first(fenced, tmp_path):
             writer.execute("DELETE FROM fenced WHERE id = 1")
             second = drain.export_batch(conn, archive_dir, batch_size=100, mode="run")
         assert first is not None and second is not None and first.batch_id < second.batch_id
-        assert worker._apply_in_order(second.batch_id) == 2
+        assert worker.apply_in_order(second.batch_id) == 2
         assert ledger.pending_batches(worker.conn) == []
         # applied in order, the delete is the last word: nothing came back
         assert client[fenced.mongo_db]["fenced"].count_documents({}) == 0

@@ -170,9 +170,12 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
             client.drop_database("cdc_bench_snapshot")
             client.drop_database("cdc_bench_raw_insert")
             snap_worker = Worker(
-                dsn, Applier(client["cdc_bench_snapshot"]), folder / f"snap{round_}", batch_size=snapshot.BATCH_SIZE
+                dsn,
+                Applier(client["cdc_bench_snapshot"]),
+                folder / f"snap{round_}",
+                batch_size=snapshot.BATCH_SIZE,
+                fast_insert={TABLE},
             )
-            snap_worker.fast_insert = {TABLE}
             snapshot_times.append(_timed(functools.partial(_snapshot, dsn, snap_worker)))
             raw_insert = Applier(client["cdc_bench_raw_insert"]).collection(TABLE)
             raw_insert_times.append(_timed(functools.partial(raw_insert.insert_many, documents, ordered=False)))
