@@ -8,6 +8,8 @@ its next claim reads a fresh snapshot). Writers run in the caller's transaction,
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -17,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import pg, sqlfiles
+from cdc.errors import CdcError
 
 # Advisory locks (pg_advisory_lock): the worker's (two-int form, so objsubid = 2 in pg_locks), the
 # exporters' turn, and install/reconcile.
@@ -311,3 +314,47 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
         batches=int(batches),
         age_is_lower_bound=claim_age is not None and claim_age_s > outbox_age_s,
     )
+
+
+class BacklogReader:
+    """Reads ``backlog`` live, on an autocommit connection of its own opened on first use and again
+    after an error (the metrics' scrapes and ``cdc run``'s summary line). ``on_error`` is told each
+    failure, in one line with no password; the reading is then None."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        statement_timeout: str | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.statement_timeout = statement_timeout
+        self.on_error = on_error
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()  # concurrent scrapes share the connection
+
+    def __call__(self) -> Backlog | None:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                    if self.statement_timeout is not None:
+                        self._conn.execute(
+                            "SELECT set_config('statement_timeout', %s, false)", [self.statement_timeout]
+                        )
+                return backlog(self._conn)
+            except (CdcError, psycopg.Error) as exc:  # CdcError messages are redacted: no password
+                if self.on_error is not None:
+                    self.on_error(pg.describe(exc) if isinstance(exc, psycopg.Error) else str(exc))
+                self._close()
+                return None
+
+    def _close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()

@@ -11,19 +11,17 @@ growing while a worker is stuck, a long batch is applied included. The gauges ke
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cdc import ledger, pg
-from cdc.errors import CdcError, ConfigError
+from cdc import ledger
+from cdc.errors import ConfigError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -58,9 +56,7 @@ class OutboxCollector(Collector):
     """The backlog gauges (``ledger.backlog``), read from PostgreSQL at collection time on a connection of their own."""
 
     def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()  # concurrent scrapes share the connection
+        self._read = ledger.BacklogReader(dsn, statement_timeout=BACKLOG_TIMEOUT, on_error=_backlog_error)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
@@ -90,23 +86,12 @@ class OutboxCollector(Collector):
         up.add_metric([], 1 if waiting is not None else 0)
         yield up
 
-    def _read(self) -> ledger.Backlog | None:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = pg.connect(self._dsn, autocommit=True, connect_timeout=5)
-                    self._conn.execute("SELECT set_config('statement_timeout', %s, false)", [BACKLOG_TIMEOUT])
-                return ledger.backlog(self._conn)
-            except (CdcError, psycopg.Error) as exc:  # CdcError messages are redacted: no password in the log
-                reason = pg.describe(exc) if isinstance(exc, psycopg.Error) else str(exc)
-                log.warning("metrics: cannot read the outbox backlog: %s", reason, extra={"action": "metrics_backlog"})
-                self.close()
-                return None
-
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._read.close()
+
+
+def _backlog_error(reason: str) -> None:
+    log.warning("metrics: cannot read the outbox backlog: %s", reason, extra={"action": "metrics_backlog"})
 
 
 class Metrics:

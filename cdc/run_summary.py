@@ -9,10 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from cdc import ledger, pg
-from cdc.errors import CdcError
+from cdc import ledger
 
 log = logging.getLogger("cdc.worker")
 
@@ -29,27 +26,7 @@ class RunStats:
     last_success: float | None = None
 
 
-class BacklogReader:
-    """The backlog on a connection of its own (autocommit, so each reading is live); None while
-    PostgreSQL cannot be read (the worker's own retries report that)."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def __call__(self) -> ledger.Backlog | None:
-        try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            return ledger.backlog(self._conn)
-        except (CdcError, psycopg.Error):
-            self.close()
-            return None
-
-    def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+BacklogReader = ledger.BacklogReader  # the worker builds one for its summary line
 
 
 class Summary:

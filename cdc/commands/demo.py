@@ -15,7 +15,7 @@ import click
 from pymongo.database import Database
 
 from cdc import capture, drain, ledger, mapping, mongo, pg, snapshot, sqlfiles
-from cdc.commands.options import metrics_options_defaulting_to
+from cdc.commands.options import data_dir_option, metrics_options_defaulting_to
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
 from cdc.config import (
@@ -104,15 +104,7 @@ def resolve_targets(
 
 
 @click.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_DATA_DIR,
-    show_default=True,
-    envvar="CDC_DATA_DIR",
-    show_envvar=True,
-    help="Folder of the embedded stack the demo starts, and of its archive.",
-)
+@data_dir_option("Folder of the embedded stack the demo starts, and of its archive.")
 @click.option(
     "--pg",
     "pg_dsn",

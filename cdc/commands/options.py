@@ -21,18 +21,23 @@ class State:
     verbose: bool = False
 
 
-def settings_options(func: F) -> F:
-    """The connection and folder options every command shares; builds a ``Settings``."""
-
-    @click.option(
+def data_dir_option(help_text: str) -> Callable[[F], F]:
+    """``--data-dir`` (``CDC_DATA_DIR``): the embedded stack's folder; the help says what it holds here."""
+    return click.option(
         "--data-dir",
         type=click.Path(path_type=Path, file_okay=False),
         default=DEFAULT_DATA_DIR,
         show_default=True,
         envvar="CDC_DATA_DIR",
         show_envvar=True,
-        help="Folder of the embedded stack and the default archive.",
+        help=help_text,
     )
+
+
+def settings_options(func: F) -> F:
+    """The connection and folder options every command shares; builds a ``Settings``."""
+
+    @data_dir_option("Folder of the embedded stack and the default archive.")
     @click.option(
         "--pg",
         "pg_dsn",

@@ -6,20 +6,12 @@ from pathlib import Path
 
 import click
 
-from cdc.config import DEFAULT_DATA_DIR
+from cdc.commands import options
 from cdc.devtools.stack import Stack
 from cdc.errors import CheckFailed
 from cdc.redact import redact
 
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_DATA_DIR,
-    show_default=True,
-    envvar="CDC_DATA_DIR",
-    show_envvar=True,
-    help="Folder holding both servers' data, logs and stack.env.",
-)
+data_dir_option = options.data_dir_option("Folder holding both servers' data, logs and stack.env.")
 
 
 @click.group()
