@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import orjson
 
-from cdc import faults
+from cdc import durable, faults
 from cdc.errors import ArchiveError, ArchiveWriteError
 
 # 2: mapped collections (documents built from many rows) carry the batch's version in ``_cdc.pos``
@@ -55,12 +55,7 @@ def file_stem(collection: str) -> str:
     return f"{readable}-{digest}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = durable.fsync_dir
 
 
 def fsync_dir(path: Path) -> None:
@@ -211,14 +206,9 @@ class BatchWriter:
             "documents": self.documents,
             **(extra or {}),
         }
-        tmp = self.partial / f".{MANIFEST}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.partial / MANIFEST)
-        _fsync_dir(self.partial)
+        durable.write_file(
+            self.partial / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        )
 
     def publish(self) -> Path:
         """Move the finished batch into place (after the ledger committed it)."""

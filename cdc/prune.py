@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from cdc import archive, ledger, pg
+from cdc import archive, durable, ledger, pg
 from cdc.errors import ArchiveError, LostBatches, PrunedGap
 
 log = logging.getLogger(__name__)
@@ -188,14 +188,7 @@ def record_pruned(archive_dir: Path, ids: Iterable[int]) -> None:
         "batches": _ranges(read_pruned(archive_dir) | set(ids)),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
-    tmp = archive_dir / f".{PRUNED}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(tmp, archive_dir / PRUNED)
-    archive.fsync_dir(archive_dir)
+    durable.write_file(archive_dir / PRUNED, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
 
 # ---- replay across a pruned range, or a lost folder --------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdc import durable
 from cdc.errors import StackError
 from cdc.redact import register_secret
 
@@ -82,13 +83,7 @@ class StackPaths:
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    durable.write_file(path, text.encode("utf-8"), sync_dir=False)
 
 
 def _port_free(port: int) -> bool:
