@@ -384,6 +384,16 @@ def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
     return resolve(conn, parse(source, filename), f"{filename} (as installed)", source)
 
 
+def installed_filename(conn: psycopg.Connection[Any]) -> str | None:
+    """The name the installed mapping file had, or None when none is installed."""
+    with pg.translated("reading the installed mapping"):
+        present = conn.execute("SELECT to_regclass('cdc.mapping') IS NOT NULL").fetchone()
+        if not present or not present[0]:
+            return None
+        row = conn.execute("SELECT filename FROM cdc.mapping").fetchone()
+    return str(row[0]) if row else None
+
+
 def read_file(path: str) -> tuple[str, str]:
     """(filename, text) of a mapping file, or ``MappingError``."""
     try:

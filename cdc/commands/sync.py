@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import archive, capture, hierarchy, ledger, mongo, pg, shutdown, snapshot
+from cdc import archive, capture, hierarchy, ledger, mapping, mongo, pg, shutdown, snapshot
 from cdc.commands.options import metrics_options, settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, Interrupted, PostgresUnavailable, ServerDown, UsageError
@@ -85,23 +85,13 @@ def run(
     mongo_uri = settings.mongo_uri()
     with pg.connect(dsn) as conn:
         _require_capture(conn)
-        with pg.translated("reading the installed mapping"):
-            installed = conn.execute("SELECT to_regclass('cdc.mapping') IS NOT NULL").fetchone()
-            row = conn.execute("SELECT filename FROM cdc.mapping").fetchone() if installed == (True,) else None
+        installed = mapping.installed_filename(conn)
     mode = "once" if once else "listen" if listen else "interval"
-    log.info(
-        "run: PostgreSQL %(pg)s, MongoDB %(mongo)s database %(mongo_db)s; mode %(mode)s, interval %(interval)ss;"
-        " archive %(archive)s; mapping %(mapping)s",
-        {
-            "pg": redact(dsn) if dsn else "(libpq's PG* variables)",
-            "mongo": redact(mongo_uri),
-            "mongo_db": settings.mongo_db,
-            "mode": mode,
-            "interval": "-" if once else f"{interval:g}",
-            "archive": str(settings.archive_dir),
-            "mapping": str(row[0]) if row else "none",
-        },
-        extra={"action": "start"},
+    # on stdout: stderr stays for logs, and for the one line of an error
+    click.echo(
+        f"run: PostgreSQL {redact(dsn) if dsn else '(libpq' + chr(39) + 's PG* variables)'},"
+        f" MongoDB {redact(mongo_uri)} database {settings.mongo_db}; mode {mode},"
+        f" interval {'-' if once else f'{interval:g}'}s; archive {settings.archive_dir}; mapping {installed or 'none'}"
     )
     metrics = None
     if metrics_port is not None or metrics_textfile is not None:

@@ -46,15 +46,15 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return result
 
 
-def start_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "cdc.commands.sync: run: " in line]
+def start_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("run: ")]
 
 
 def test_run_prints_one_start_line_and_no_line_per_batch(dbs, env, cdc, tmp_path):
     ok(cdc("install", "--tables", "users", env=env))
     add_users(dbs.pg_dsn, 1, 2, 3)
     quiet = ok(cdc("run", "--once", "--batch-size", "1", env=env))
-    (line,) = start_lines(quiet.stderr)
+    (line,) = start_lines(quiet.stdout)
     password = conninfo_to_dict(dbs.pg_dsn).get("password")
     assert password and password not in quiet.stdout + quiet.stderr
     assert "password=***" in line
@@ -89,14 +89,15 @@ def test_run_start_line_names_the_installed_mapping_and_the_mode(dbs, env, cdc):
         text=True,
     )
     try:
-        assert listen.stderr is not None
-        line = listen.stderr.readline()  # the first line it prints
+        assert listen.stdout is not None
+        line = listen.stdout.readline()  # the first line it prints
     finally:
         listen.send_signal(signal.SIGTERM)
-        out, rest = listen.communicate(timeout=60)
-    assert listen.returncode == 0, line + rest  # a long-running worker stopped by SIGTERM did its job
-    assert "mode listen, interval 7s;" in line and line.rstrip().endswith(f"mapping {MAPPING}")
-    assert start_lines(rest) == []  # one start line
+        out, errors = listen.communicate(timeout=60)
+    assert listen.returncode == 0, line + errors  # a long-running worker stopped by SIGTERM did its job
+    assert line.startswith("run: ") and "mode listen, interval 7s;" in line
+    assert line.rstrip().endswith(f"mapping {MAPPING}")
+    assert start_lines(out) == []  # one start line
     assert out.startswith("applied 0 batches")
 
 
