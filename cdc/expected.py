@@ -233,6 +233,15 @@ def bsonable(value: Any) -> Any:
     return str(value.value) if isinstance(value, NumericText) else value
 
 
+def bson_ready(value: Any) -> Any:
+    """``value`` with every ``NumericText`` as the string the document holds, at any depth."""
+    if isinstance(value, dict):
+        return {key: bson_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [bson_ready(item) for item in value]
+    return bsonable(value)
+
+
 # ---- comparing ---------------------------------------------------------------------------------
 
 
