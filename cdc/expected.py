@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import json
 import math
-import re
 import struct
 import uuid
 from collections.abc import Iterator, Sequence
@@ -42,7 +42,6 @@ _DECIMAL128_EXPONENTS = range(-6176, 6112)
 _JSON_MAX_DEPTH = 90
 _UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_TIMESTAMP_TEXT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?: (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?)?(?:\+00)?$")
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,14 @@ def _utf8(value: Any) -> None:
 
 
 def _decimal128(value: decimal.Decimal) -> Decimal128 | None:
-    """Decimal128 holding exactly ``value`` (digits and scale), or None when it cannot."""
+    """Decimal128 holding exactly ``value`` (digits and scale), or None when it cannot; by its text
+    (1.50 and 1.5 are equal Decimals, not equal Decimal128s), from a small cache: values repeat."""
+    return _decimal128_of(str(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decimal128_of(text: str) -> Decimal128 | None:
+    value = decimal.Decimal(text)
     if not value.is_finite():
         return Decimal128(value)
     _sign, digits, exponent = value.as_tuple()
@@ -149,25 +155,29 @@ def _decimal128(value: decimal.Decimal) -> Decimal128 | None:
     return Decimal128(value)
 
 
-@dataclass(frozen=True)
-class NumericText:
-    """A numeric Decimal128 cannot hold: the document holds it as a string of the same value and scale."""
+class NumericText(str):
+    """A numeric Decimal128 cannot hold: the document holds it as a string of the same value and scale
+    (a ``str``, so it encodes as one; ``value`` keeps the number for the comparison)."""
 
     value: decimal.Decimal
+
+    def __new__(cls, value: decimal.Decimal) -> NumericText:
+        text = super().__new__(cls, str(value))
+        text.value = value
+        return text
 
 
 def _temporal(text: str) -> Any:
     """A BSON date (UTC, milliseconds) from PostgreSQL's ISO text, or the text itself when the value is
-    infinite or its year lies outside 1–9999 (BC years, five-digit years)."""
-    match = _TIMESTAMP_TEXT.match(text)
-    if match is None or int(match.group(1)) < 1:
+    infinite or its year lies outside 1–9999 (BC years, five-digit years: ``fromisoformat`` refuses them)."""
+    if not text[:1].isdigit() or text.endswith(" BC"):
         return text
-    year, month, day, hour, minute, second, fraction = match.groups()
-    micros = int((fraction or "0").ljust(6, "0"))
-    moment = dt.datetime(
-        int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=_UTC
-    )
-    return moment + dt.timedelta(microseconds=micros - micros % 1000)
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    moment = moment.replace(tzinfo=_UTC) if moment.tzinfo is None else moment.astimezone(_UTC)
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
 
 
 def _float4(value: float) -> float:
@@ -230,16 +240,7 @@ def expected_id(rules: Sequence[ColumnRule], key: Sequence[Any]) -> Any:
 
 
 def bsonable(value: Any) -> Any:
-    return str(value.value) if isinstance(value, NumericText) else value
-
-
-def bson_ready(value: Any) -> Any:
-    """``value`` with every ``NumericText`` as the string the document holds, at any depth."""
-    if isinstance(value, dict):
-        return {key: bson_ready(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [bson_ready(item) for item in value]
-    return bsonable(value)
+    return str(value) if isinstance(value, NumericText) else value
 
 
 # ---- comparing ---------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ from cdc.triggers import key_text
 EXAMPLES = 3
 MEMORY_BUDGET = 512 * 1024 * 1024  # bytes of raw documents held per pass
 _FETCH = 5_000
+_AHEAD = 20_000  # rows read and mapped ahead while the collection is read
 _BSON_MAX_SIZE = 16 * 1024 * 1024
 Progress = Callable[[int], None]
 
@@ -188,31 +191,64 @@ def _join(
     progress: Progress | None,
     nested: bool,
 ) -> TableDiff:
-    """The hash join: documents of the pass in memory (raw BSON), PostgreSQL's rows streamed past them."""
+    """The hash join: documents of the pass in memory (raw BSON, keyed by their raw ``_id`` element),
+    PostgreSQL's rows streamed past them. The collection is read on a helper thread (pymongo waits
+    on the server without the GIL) while the first rows are read and mapped here, up to ``_AHEAD``."""
     collection = database.get_collection(name, codec_options=_raw_options())
     diff.passes = _passes(database, name, budget)
     for this_pass in range(diff.passes):
         stored: dict[bytes, RawBSONDocument] = {}
-        for document in collection.find({}).batch_size(_FETCH):
-            key = _id_key(document["_id"])
-            if _pass_of(key, diff.passes) == this_pass:
-                stored[key] = document
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdc-verify-read") as reader:
+            loading = reader.submit(_load, collection, stored, this_pass, diff.passes)
+            rows = iter(wanted())
+            ahead = list(itertools.islice(rows, _AHEAD)) if not loading.done() else []
+            loading.result()
         diff.documents += len(stored)
-        for repair_key, document_id, document in wanted():
-            key = _id_key(expected.bsonable(document_id))
+        for repair_key, document_id, document in itertools.chain(ahead, rows):
+            key = _id_element(_id_key(expected.bsonable(document_id)))
             if _pass_of(key, diff.passes) != this_pass:
                 continue
             diff.rows += 1
             _compare(diff, (repair_key, document_id, document), stored.pop(key, None), nested=nested)
             if progress is not None and diff.rows % 1000 == 0:
                 progress(1000)
-        for document in stored.values():
-            decoded = bson.decode(document.raw, codec_options=_codec_options())
+        for leftover in stored.values():
+            decoded = bson.decode(leftover.raw, codec_options=_codec_options())
             diff.extra.append(decoded["_id"])
             diff.extra_positions.append(decoded.get("_cdc"))
     if progress is not None:
         progress(diff.rows % 1000)
     return diff
+
+
+def _load(collection: Any, stored: dict[bytes, RawBSONDocument], this_pass: int, passes: int) -> None:
+    for document in collection.find({}).batch_size(_FETCH):
+        key = _raw_id(bytes(document.raw))
+        if _pass_of(key, passes) == this_pass:
+            stored[key] = document
+
+
+# value lengths of the BSON types an _id takes, after the element's name (None: a length prefix)
+_FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16}
+
+
+def _raw_id(raw: bytes) -> bytes:
+    """The ``_id`` element's bytes (type, name, value) of a stored document, read without decoding
+    it (MongoDB stores ``_id`` first); decoded and encoded again in any other case."""
+    if raw[5:9] == b"_id\x00":
+        kind = raw[4]
+        if kind in _FIXED:
+            return raw[4 : 9 + _FIXED[kind]]
+        if kind in (0x02, 0x03, 0x04, 0x05):
+            length = int.from_bytes(raw[9:13], "little")
+            extra = {0x02: 4, 0x03: 0, 0x04: 0, 0x05: 5}[kind]
+            return raw[4 : 9 + length + extra]
+    return _id_element(_id_key(bson.decode(raw, codec_options=_codec_options())["_id"]))
+
+
+def _id_element(encoded: bytes) -> bytes:
+    """The ``_id`` element of ``{"_id": value}``'s BSON (without the document's length and end)."""
+    return encoded[4:-1]
 
 
 def _compare(diff: TableDiff, row: Wanted, found: RawBSONDocument | None, *, nested: bool) -> None:
@@ -267,7 +303,7 @@ def _without_cdc(raw: bytes) -> bytes | None:
 
 def _encoded(wanted: dict[str, Any]) -> bytes | None:
     try:
-        return bson.encode(expected.bson_ready(wanted), codec_options=_codec_options())
+        return bson.encode(wanted, codec_options=_codec_options())
     except Exception:
         return None
 
