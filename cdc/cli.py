@@ -38,7 +38,21 @@ def cli(verbose: bool, log_format: str) -> None:
 
 
 def _register_commands() -> None:
-    from cdc.commands import archive, bench, capture, demo, export, generate, schema, stack, sync, verify  # noqa: PLC0415
+    from cdc.commands import (  # noqa: PLC0415
+        archive,
+        bench,
+        capture,
+        demo,
+        export,
+        generate,
+        replay,
+        run,
+        schema,
+        snapshot,
+        stack,
+        status,
+        verify,
+    )
 
     cli.add_command(stack.stack)
     cli.add_command(schema.schema)
@@ -47,7 +61,7 @@ def _register_commands() -> None:
     cli.add_command(capture.install)
     cli.add_command(capture.uninstall)
     cli.add_command(export.export)
-    for command in (sync.run, sync.snapshot_command, sync.replay, verify.verify_command, sync.status_command):
+    for command in (run.run, snapshot.snapshot_command, replay.replay, verify.verify_command, status.status_command):
         cli.add_command(command)
     cli.add_command(archive.archive_group)
     cli.add_command(bench.bench)

@@ -9,27 +9,19 @@ from typing import Any
 import click
 import orjson
 
-from cdc import capture, drain, hierarchy, ledger, mongo, snapshot, verify
+from cdc import drain, hierarchy, ledger, mongo, snapshot, verify
+from cdc.commands.connect import applier as _applier
+from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.demo import dql_mongo
-from cdc.errors import CheckFailed, ConfigError
+from cdc.errors import CheckFailed
 from cdc.mapping import Collection
 from cdc.progress import track
-from cdc.sink import Applier
 from cdc.tables import TableInfo
 from cdc.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-def _applier(settings: Settings) -> Applier:
-    return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db])
-
-
-def _require_capture(conn: Any) -> None:
-    if not capture.is_installed(conn):
-        raise ConfigError("capture is not installed: run `cdc install` first")
 
 
 @click.command(name="verify")

@@ -65,7 +65,7 @@ def test_json_logs_carry_per_batch_fields_and_progress_and_no_secret(dbs, cdc, t
     # the apply step's total is the backlog it found (the inserts' own changes and the snapshot's keys)
     assert done["apply"]["total"] == 4
     assert (done["verify"]["done"], done["verify"]["unit"]) == (5, "rows")
-    assert {entry["logger"] for entry in done.values()} == {"cdc.commands.sync", "cdc.commands.verify"}
+    assert {entry["logger"] for entry in done.values()} == {"cdc.commands.snapshot", "cdc.commands.verify"}
     assert any(entry.get("action") == "batch_applied" and entry["batch"] == 1 for entry in snapshot)
 
     password = conninfo_to_dict(dbs.pg_dsn).get("password")
