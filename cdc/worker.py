@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import archive, drain, faults, hierarchy, ledger, pg
+from cdc import archive, drain, faults, hierarchy, pg
 from cdc.backoff import TRANSIENT, Backoff
+from cdc.batches import Batches, PgBatches
 from cdc.errors import (
     ArchiveError,
-    ArchiveWriteError,
     CdcError,
     LockLost,
     PostgresUnavailable,
@@ -57,11 +57,14 @@ class Worker:
         batch_log_level: int = logging.INFO,
         summary_every: float | None = None,
         fast_insert: set[str] | None = None,
+        batches: Batches | None = None,
+        lock: WorkerLock | None = None,
     ) -> None:
         """``batch_log_level``: the level of each batch's lines ("batch N: … changes" when exported,
         "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often;
         ``fast_insert``: collections known empty, written with the insert path (a snapshot's). With
-        ``metrics``, build the applier with ``Applier(…, on_retry=metrics.retried)``."""
+        ``metrics``, build the applier with ``Applier(…, on_retry=metrics.retried)``. ``batches`` and
+        ``lock`` default to the ledger and the advisory lock in PostgreSQL (tests pass in-memory ones)."""
         self.dsn = dsn
         self.applier = applier
         self.archive_dir = archive_dir
@@ -73,7 +76,8 @@ class Worker:
         self.summary_every = summary_every
         self.fast_insert = set(fast_insert or ())  # collections known empty: the insert path
         self.progress: Progress | None = None  # told the changes of every batch applied
-        self.lock = WorkerLock(dsn, self.stop)
+        self.lock = lock or WorkerLock(dsn, self.stop)
+        self.batches: Batches = batches or PgBatches(lambda: self.conn)
         self._conn: psycopg.Connection[Any] | None = None
         self._export_conn: psycopg.Connection[Any] | None = None
         self.wakeup = Wakeup(dsn, self.stop)
@@ -118,26 +122,10 @@ class Worker:
             )
         except ArchiveError as exc:
             log.warning("batch %d: %s; re-exporting it from the ledger", batch_id, exc, extra={"action": "reexport"})
-        conn = self.conn
-        with pg.translated(f"re-exporting batch {batch_id}"):
-            try:
-                writer = drain.write_batch(conn, self.archive_dir, batch_id)
-                info = ledger.batch_info(conn, batch_id)
-                assert info is not None
-                try:
-                    writer.finish(info.pos_min, info.pos_max, {"mode": str(info.mode), "reexported": True})
-                except OSError as exc:
-                    writer.abort()
-                    raise ArchiveWriteError(f"batch {batch_id}: cannot re-export: {exc.strerror}") from None
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
-        return archive.read_batch(writer.publish())
+        return self.batches.reexport(batch_id, self.archive_dir)
 
     def _matches_ledger(self, batch: archive.Batch) -> bool:
-        info = ledger.batch_info(self.conn, batch.batch_id)
-        self.conn.commit()  # the next claim on this connection reads a fresh snapshot
+        info = self.batches.info(batch.batch_id)
         position = batch.manifest.get("position", {})
         recorded = (str(info.pos_min), str(info.pos_max)) if info is not None else None
         return recorded == (position.get("min"), position.get("max"))
@@ -149,7 +137,7 @@ class Worker:
         result = self.applier.apply(batch, fast_insert=fast_insert)
         faults.point("before_mark_applied")
         self.applier.mark_applied(batch_id)
-        ledger.mark_applied(self.conn, batch_id)
+        self.batches.mark_applied(batch_id)
         self.stats.batches += 1
         self.stats.changes += result.upserted + result.deleted + result.stale
         self.stats.stale += result.stale
@@ -180,17 +168,14 @@ class Worker:
         return result
 
     def finish_pending(self) -> int:
-        pending = ledger.pending_batches(self.conn)
-        self.conn.commit()
+        pending = self.batches.pending()
         for batch_id in pending:
             self.apply_batch(batch_id)
         return len(pending)
 
     def cycle_to_head(self) -> int:
         """``cycle`` up to the outbox position seen now (``--once``, a snapshot, a repair)."""
-        head = ledger.outbox_head(self.conn)
-        self.conn.commit()
-        return self.cycle(up_to=head)
+        return self.cycle(up_to=self.batches.head())
 
     def cycle(self, up_to: int | None = None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).
@@ -265,8 +250,7 @@ class Worker:
         if self.stats.last_batch is None or batch_id != self.stats.last_batch + 1:
             # (after batch N, N+1 needs no look: a claim commits within its exporter's turn, so
             # any batch below N+1 was visible when N was applied)
-            earlier = [pending for pending in ledger.pending_batches(self.conn) if pending < batch_id]
-            self.conn.commit()
+            earlier = [pending for pending in self.batches.pending() if pending < batch_id]
         for pending in earlier:
             log.info("batch %d: pending from an earlier claim; applying it first", pending)
             self.apply_batch(pending)
