@@ -173,6 +173,20 @@ class Worker:
             self.apply_batch(batch_id)
         return len(pending)
 
+    def sync_once(self, *, wait: bool = True, progress: Progress | None = None) -> bool:
+        """What commands, the demo and the bench share: take the lock, apply everything up to the outbox
+        position seen now (``progress`` told each batch's changes), release. False when the lock was
+        not taken (another worker holds it and ``wait`` is False, or a stop was requested)."""
+        if not self.acquire(wait=wait):
+            return False
+        self.progress = progress
+        try:
+            self.cycle_to_head()
+        finally:
+            self.progress = None
+            self.release()
+        return True
+
     def cycle_to_head(self) -> int:
         """``cycle`` up to the outbox position seen now (``--once``, a snapshot, a repair)."""
         return self.cycle(up_to=self.batches.head())

@@ -333,13 +333,8 @@ def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, 
         batch_log_level=logging.DEBUG,  # a progress line instead (each batch with -v)
         fast_insert=fast,
     )
-    worker.acquire()
-    try:
-        with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
-            worker.progress = progress
-            worker.cycle_to_head()
-    finally:
-        worker.release()
+    with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
+        worker.sync_once(progress=progress)
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
 
 

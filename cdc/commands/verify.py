@@ -129,9 +129,4 @@ def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], dif
             database[name].delete_one({"_id": key, "_cdc": seen})
     conn.commit()
     worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
-    if not worker.acquire(wait=True):
-        return
-    try:
-        worker.cycle_to_head()
-    finally:
-        worker.release()
+    worker.sync_once(wait=True)

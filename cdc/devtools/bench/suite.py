@@ -145,11 +145,7 @@ def _snapshot(dsn: str, worker: Worker) -> None:
     """What `cdc snapshot` does for the bench table: enqueue every key, then one worker cycle."""
     with pg.connect(dsn) as conn:
         snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
-    worker.acquire()
-    try:
-        worker.cycle_to_head()
-    finally:
-        worker.release()
+    worker.sync_once()
 
 
 def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
