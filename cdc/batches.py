@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from cdc import archive, drain, ledger, pg
+from cdc import archive, export, ledger, pg
 from cdc.errors import ArchiveWriteError
 from cdc.ledger import BatchInfo, Mode, State
 
@@ -64,7 +64,7 @@ class PgBatches:
         conn = self.connection()
         with pg.translated(f"re-exporting batch {batch_id}"):
             try:
-                writer = drain.write_batch(conn, archive_dir, batch_id)
+                writer = export.write_batch(conn, archive_dir, batch_id)
                 info = ledger.batch_info(conn, batch_id)
                 assert info is not None
                 try:

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from prometheus_client import Metric
 
-    from cdc.drain import ExportedBatch
-    from cdc.sink import ApplyStats
+    from cdc.apply import ApplyStats
+    from cdc.export import ExportedBatch
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 from pymongo.database import Database
 
-from cdc import capture, drain, faults, ledger, mapping, pg, shutdown, tables
+from cdc import capture, export, faults, ledger, mapping, pg, shutdown, tables
 from cdc.errors import (
     ConfigError,
     Interrupted,
@@ -509,20 +509,20 @@ def export_enqueued(
     """Drain the outbox, up to its head now, into archive batches in ``export`` mode (``cdc export``'s
     way: no MongoDB). Stops between batches when ``stop`` is set."""
     result = Exported()
-    conn = drain.drain_connection(dsn)
+    conn = export.drain_connection(dsn)
     try:
-        drain.recover_partials(conn, archive_dir)
+        export.recover_partials(conn, archive_dir)
         head = ledger.outbox_head(conn)
         conn.commit()
         while not stop.is_set():
-            batch = drain.export_batch(conn, archive_dir, batch_size=batch_size, up_to=head)
+            batch = export.export_batch(conn, archive_dir, batch_size=batch_size, up_to=head)
             if batch is None:
                 break
             result.batches.append(batch.batch_id)
-            result.changes += batch.keys
+            result.changes += batch.changes
             result.rejected += batch.rejected
             if progress is not None:
-                progress.update(batch.keys)
+                progress.update(batch.changes)
     finally:
         conn.close()
     return result

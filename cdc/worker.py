@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import archive, drain, faults, hierarchy, pg
+from cdc import archive, export, faults, hierarchy, pg
+from cdc.apply import Applier, ApplyStats
 from cdc.backoff import TRANSIENT, Backoff
 from cdc.batches import Batches, PgBatches
 from cdc.errors import (
@@ -32,7 +33,6 @@ from cdc.errors import (
 from cdc.lock import WORKER_LOCK, WorkerLock
 from cdc.progress import Progress
 from cdc.run_summary import SUMMARY_EVERY_S, BacklogReader, RunStats, Summary
-from cdc.sink import Applier, ApplyStats
 from cdc.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Worker:
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = drain.drain_connection(self.dsn)
+            self._conn = export.drain_connection(self.dsn)
         return self._conn
 
     # ---- one batch ----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Worker:
         self.partitions.check()  # partitions created, attached, detached or dropped since the last cycle
         while not self.stop.is_set():
             self.check_lock()
-            exported = drain.export_batch(
+            exported = export.export_batch(
                 self.conn,
                 self.archive_dir,
                 batch_size=self.batch_size,
@@ -218,17 +218,17 @@ class Worker:
                     self.metrics.drained()
                 break
             self._exported(exported)
-            if exported.keys >= self.batch_size:
+            if exported.changes >= self.batch_size:
                 return done + self._pipelined(exported, up_to)
             done += self.apply_in_order(exported.batch_id)
         return done
 
-    def _exported(self, exported: drain.ExportedBatch) -> None:
+    def _exported(self, exported: export.ExportedBatch) -> None:
         self.stats.rejected += exported.rejected
         if self.metrics is not None:
             self.metrics.batch_exported(exported)
 
-    def _pipelined(self, first: drain.ExportedBatch, up_to: int | None) -> int:
+    def _pipelined(self, first: export.ExportedBatch, up_to: int | None) -> int:
         """Apply ``first`` and the rest of a backlog, the next batch exported while the last is applied
         (PostgreSQL reads and Python encodes while MongoDB writes); at most two batches exported and
         not yet applied."""
@@ -254,7 +254,7 @@ class Worker:
     def export_conn(self) -> psycopg.Connection[Any]:
         """The exporter's own connection (REPEATABLE READ, like ``conn``)."""
         if self._export_conn is None or self._export_conn.closed or self._export_conn.broken:
-            self._export_conn = drain.drain_connection(self.dsn)
+            self._export_conn = export.drain_connection(self.dsn)
         return self._export_conn
 
     def apply_in_order(self, batch_id: int) -> int:
@@ -336,7 +336,7 @@ class _Exporter:
         self.worker = worker
         self.up_to = up_to
         self.drained = False
-        self._queue: queue.Queue[drain.ExportedBatch | BaseException | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[export.ExportedBatch | BaseException | None] = queue.Queue(maxsize=1)
         self._halt = threading.Event()
         self._progress = threading.Condition()
         self._handed = self._applied = 0
@@ -347,7 +347,7 @@ class _Exporter:
         final: BaseException | None = None
         try:
             while not (self._halt.is_set() or self.worker.stop.is_set()):
-                exported = drain.export_batch(
+                exported = export.export_batch(
                     self.worker.export_conn,
                     self.worker.archive_dir,
                     batch_size=self.worker.batch_size,
@@ -360,7 +360,7 @@ class _Exporter:
                     self.drained = True
                     break
                 self._put(exported)
-                if exported.keys < self.worker.batch_size:
+                if exported.changes < self.worker.batch_size:
                     # the outbox is about drained: let new changes gather while this batch is applied,
                     # rather than shipping them one by one in batches that each pay a batch's overhead
                     self._wait_applied()
@@ -369,7 +369,7 @@ class _Exporter:
         finally:
             self._put(final)
 
-    def _put(self, item: drain.ExportedBatch | BaseException | None) -> None:
+    def _put(self, item: export.ExportedBatch | BaseException | None) -> None:
         while not self._halt.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -390,7 +390,7 @@ class _Exporter:
             self._applied += 1
             self._progress.notify_all()
 
-    def batches(self) -> Iterator[drain.ExportedBatch]:
+    def batches(self) -> Iterator[export.ExportedBatch]:
         while (item := self._queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from cdc import archive, capture, ledger, mongo, mongoimport, pg, prune
+from cdc.apply import APPLIED_COLLECTION
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, UsageError
-from cdc.sink import APPLIED_COLLECTION
 
 log = logging.getLogger(__name__)
 

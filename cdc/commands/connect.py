@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from cdc import capture, mongo
+from cdc.apply import Applier
 from cdc.config import Settings
 from cdc.errors import ConfigError
-from cdc.sink import Applier
 
 
 def applier(settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Applier:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from pymongo.database import Database
 
-from cdc import capture, drain, ledger, mapping, mongo, pg, snapshot, sqlfiles
+from cdc import capture, export, ledger, mapping, mongo, pg, snapshot, sqlfiles
+from cdc.apply import Applier
 from cdc.commands.options import data_dir_option, metrics_options_defaulting_to
 from cdc.commands.schema import print_report
 from cdc.commands.verify import verify_tables
@@ -31,7 +32,6 @@ from cdc.devtools.stack import Stack
 from cdc.errors import CheckFailed, ConfigError, UsageError
 from cdc.progress import track
 from cdc.redact import redact, register_secret, secrets_in
-from cdc.sink import Applier
 from cdc.worker import Worker
 from generator import load
 from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale
@@ -395,7 +395,7 @@ APPLIED_VS_MADE = (
 
 
 def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
-    with drain.drain_connection(dsn) as conn:
+    with export.drain_connection(dsn) as conn:
         chosen = [target.mapped or target.table for target in snapshot.targets(conn, None)]
         diffs = verify_tables(conn, database, chosen)
         report = orininu.check(conn)

@@ -9,7 +9,8 @@ from typing import Any
 import click
 import psycopg
 
-from cdc import capture, drain, ledger, shutdown
+from cdc import capture, ledger, shutdown
+from cdc import export as exporter  # the stage (this module's command is named export)
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import ArchiveWriteError, CdcError, ConfigError, PostgresUnavailable
@@ -56,11 +57,11 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
     totals = [0, 0]  # batches, changes
-    conn = drain.drain_connection(dsn)
+    conn = exporter.drain_connection(dsn)
     try:
         if not capture.is_installed(conn):
             raise ConfigError("capture is not installed: run `cdc install` first")
-        drain.recover_partials(conn, settings.archive_dir)
+        exporter.recover_partials(conn, settings.archive_dir)
         if once:
             head = ledger.outbox_head(conn)
             conn.commit()
@@ -71,8 +72,8 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
                 try:
                     if backoff.failing:  # a fresh connection, and any batch a failed publish left behind
                         conn.close()
-                        conn = drain.drain_connection(dsn)
-                        drain.recover_partials(conn, settings.archive_dir)
+                        conn = exporter.drain_connection(dsn)
+                        exporter.recover_partials(conn, settings.archive_dir)
                     _drain(conn, settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
                 except (PostgresUnavailable, ArchiveWriteError) as exc:
                     backoff.failed(exc)
@@ -98,9 +99,9 @@ def _drain(
 ) -> None:
     """Export batches until the outbox is drained (up to ``up_to``) or a stop is requested."""
     while not stop.is_set():
-        batch = drain.export_batch(conn, settings.archive_dir, batch_size=batch_size, up_to=up_to)
+        batch = exporter.export_batch(conn, settings.archive_dir, batch_size=batch_size, up_to=up_to)
         if batch is None:
             return
         totals[0] += 1
-        totals[1] += batch.keys
-        click.echo(f"batch {batch.batch_id}: {batch.keys} changes, {batch.rejected} rejected -> {batch.path}")
+        totals[1] += batch.changes
+        click.echo(f"batch {batch.batch_id}: {batch.changes} changes, {batch.rejected} rejected -> {batch.path}")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from cdc import ledger, pg, snapshot
+from cdc.apply import Applier
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
@@ -16,7 +17,6 @@ from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, Interrupted
 from cdc.progress import track
 from cdc.prune import describe_ids
-from cdc.sink import Applier
 from cdc.worker import Worker
 
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ import click
 import orjson
 
 from cdc import capture, hierarchy, ledger, mongo, pg
+from cdc.apply import APPLIED_COLLECTION
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.errors import CdcError, CheckFailed, ConfigError, PostgresUnavailable, ServerDown, UsageError
-from cdc.sink import APPLIED_COLLECTION
 
 log = logging.getLogger(__name__)
 

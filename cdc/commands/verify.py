@@ -9,7 +9,7 @@ from typing import Any
 import click
 import orjson
 
-from cdc import drain, hierarchy, ledger, mongo, snapshot, verify
+from cdc import export, hierarchy, ledger, mongo, snapshot, verify
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
@@ -38,7 +38,7 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
     """
     dsn = settings.pg_dsn()
     database = mongo.client(settings.mongo_uri())[settings.mongo_db]
-    with drain.drain_connection(dsn) as conn:
+    with export.drain_connection(dsn) as conn:
         _require_capture(conn)
         names = [name.strip() for name in table_list.split(",")] if table_list else None
         chosen = [target.mapped or target.table for target in snapshot.targets(conn, names)]

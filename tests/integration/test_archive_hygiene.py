@@ -8,7 +8,8 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import archive, drain
+from cdc import archive
+from cdc import export as drain
 
 DAYS_AGO = "now() - interval '10 days'"
 

@@ -4,7 +4,8 @@ import orjson
 import psycopg
 import pytest
 
-from cdc import archive, capture, drain, pg, tables
+from cdc import archive, capture, pg, tables
+from cdc import export as drain
 from cdc.errors import ConfigError
 from tests.archive_model import ModelStore
 from tests.mongoimport_check import mongoimport_parse

@@ -8,7 +8,8 @@ import time
 import psycopg
 import pytest
 
-from cdc import capture, drain, pg, tables
+from cdc import capture, pg, tables
+from cdc import export as drain
 from cdc.errors import PostgresUnavailable
 from cdc.reader import table_lines
 from tests.archive_model import ModelStore, documents_without_positions

@@ -23,7 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc import archive, capture, drain, pg
+from cdc import archive, capture, pg
+from cdc import export as drain
 from cdc.archive import ArchiveWriteError, BatchWriter
 from cdc.devtools.stack import Stack
 from cdc.worker import Backoff
@@ -223,7 +224,7 @@ def test_a_claim_whose_batch_cannot_be_written_gives_its_id_back(dbs, tmp_path, 
         exported = drain.export_batch(conn, folder, batch_size=100)
     assert exported is not None
     assert exported.batch_id == 1  # the three failed claims burned no id
-    assert exported.keys == 10
+    assert exported.changes == 10
     assert _scalar(dbs.pg_dsn, "SELECT count(*) FROM cdc.outbox") == 0
     assert [path.name for path in folder.iterdir()] == ["000000000001"]
 

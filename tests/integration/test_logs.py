@@ -52,8 +52,8 @@ def test_json_logs_carry_per_batch_fields_and_progress_and_no_secret(dbs, cdc, t
     assert applied[0]["collections"] == {"users": {"upsert": 2}}
     exported = [entry for entry in run if entry.get("action") == "batch_exported"]
     assert [(entry["logger"], entry["batch"], entry["changes"]) for entry in exported] == [
-        ("cdc.drain", 2, 2),
-        ("cdc.drain", 3, 1),
+        ("cdc.export", 2, 2),
+        ("cdc.export", 3, 1),
     ]
     assert [(entry["upserts"], entry["deletes"], entry["rejected"]) for entry in exported] == [(2, 0, 0), (1, 0, 0)]
     assert exported[0]["collections"] == {"users": {"upsert": 2}} and exported[0]["seconds"] >= 0

@@ -14,7 +14,8 @@ from pathlib import Path
 import psycopg
 import pymongo
 
-from cdc import drain, mongoimport
+from cdc import export as drain
+from cdc import mongoimport
 from tests.mongoimport_check import mongoimport_parse
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc import archive
-from cdc.drain import EXPORT_LOCK_KEY
-from cdc.sink import Applier
+from cdc.apply import Applier
+from cdc.export import EXPORT_LOCK_KEY
 from cdc.worker import WORKER_LOCK, Worker
 from tests.fix_cli import clean_env
 
@@ -63,13 +63,13 @@ def test_run_prints_one_start_line_and_no_line_per_batch(dbs, env, cdc, tmp_path
     assert f"archive {tmp_path / 'archive'};" in line
     assert line.endswith("mapping none")
     # three batches applied: no line for each at INFO, the totals at the end
-    assert " applied: " not in quiet.stderr and "cdc.drain: batch " not in quiet.stderr
+    assert " applied: " not in quiet.stderr and "cdc.export: batch " not in quiet.stderr
     assert "applied 3 batches, 3 changes (0 stale, 0 rejected)" in quiet.stdout
 
     add_users(dbs.pg_dsn, 4, 5)
     verbose = ok(cdc("-v", "run", "--once", "--batch-size", "1", env=env))  # -v: each batch's lines
     assert len(re.findall(r"DEBUG +cdc\.worker: batch \d+ applied: ", verbose.stderr)) == 2
-    assert len(re.findall(r"DEBUG +cdc\.drain: batch \d+: 1 changes", verbose.stderr)) == 2
+    assert len(re.findall(r"DEBUG +cdc\.export: batch \d+: 1 changes", verbose.stderr)) == 2
 
     # cdc status in text: times ISO-8601, ages in seconds, the last exported batch
     status = ok(cdc("status", env=env))
@@ -268,7 +268,7 @@ def test_demo_output_is_quiet_and_ends_with_what_to_try(dbs, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     both = result.stdout + result.stderr
     assert len(re.findall(r"metrics on http://", both)) == 1  # the address, once
-    assert " applied: " not in result.stderr and "cdc.drain: batch " not in result.stderr  # no line per batch
+    assert " applied: " not in result.stderr and "cdc.export: batch " not in result.stderr  # no line per batch
     out = result.stdout
     assert re.search(r"\[6/7\] live sync: \d+ changes made at \d+/s; \d+ applied \(\d+ stale\) in \d+ batches", out)
     assert "applied: MongoDB documents written, stale ones included" in out

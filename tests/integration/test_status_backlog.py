@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc import drain
+from cdc import export as drain
 from cdc.devtools.stack import Stack
 from cdc.metrics import Metrics
 from tests.fix_backends import backend_kind

@@ -7,8 +7,9 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import capture, drain, ledger, pg
-from cdc.sink import Applier
+from cdc import capture, ledger, pg
+from cdc import export as drain
+from cdc.apply import Applier
 from cdc.worker import LockLost, Worker
 
 DDL = "CREATE TABLE fenced (id int PRIMARY KEY, v text NOT NULL)"

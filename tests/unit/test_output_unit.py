@@ -14,7 +14,8 @@ import pymongo.errors
 import pytest
 from tenacity import stop_after_attempt, stop_when_event_set
 
-from cdc import cli, sink  # cdc.cli first: it registers the commands
+from cdc import apply as sink
+from cdc import cli  # cdc.cli first: it registers the commands
 from cdc.commands.demo import APPLIED_VS_MADE, Targets, demo, next_steps
 from cdc.config import refuse_password_in_argument
 from cdc.errors import UsageError

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 from cdc import archive
+from cdc.apply import ApplyStats
 from cdc.batches import InMemoryBatches, write_archive_batch
-from cdc.sink import ApplyStats
 from cdc.worker import Worker
 
 

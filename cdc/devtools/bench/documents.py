@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from cdc import capture, drain, mapping, mongo, pg, snapshot
-from cdc.sink import Applier
+from cdc import capture, export, mapping, mongo, pg, snapshot
+from cdc.apply import Applier
 from cdc.worker import Worker
 
 DROP = "DROP TABLE IF EXISTS cdc_bench_doc_entries, cdc_bench_doc_playlists, cdc_bench_doc_songs, cdc_bench_doc_artists"
@@ -120,8 +120,8 @@ def measure(dsn: str, mongo_uri: str, playlists: int) -> dict[str, Any]:
             _enqueue_roots(conn)
 
         def export_all() -> None:
-            with drain.drain_connection(dsn) as conn:
-                while drain.export_batch(conn, folder / "export", batch_size=snapshot.BATCH_SIZE) is not None:
+            with export.drain_connection(dsn) as conn:
+                while export.export_batch(conn, folder / "export", batch_size=snapshot.BATCH_SIZE) is not None:
                     pass
 
         export_s = _timed(export_all)

@@ -28,12 +28,12 @@ import psycopg
 from psycopg import sql
 from pymongo import ReplaceOne
 
-from cdc import archive, capture, drain, mongo, pg, snapshot, verify
+from cdc import archive, capture, export, mongo, pg, snapshot, verify
+from cdc.apply import Applier
 from cdc.devtools.bench import capture_cost, documents
 from cdc.errors import CheckFailed
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
-from cdc.sink import Applier
 from cdc.worker import Worker
 
 TABLE = capture_cost.TABLE
@@ -114,9 +114,9 @@ def _touch(conn: psycopg.Connection[Any], fraction: float) -> None:
 
 def _export_all(dsn: str, archive_dir: Path, batch_size: int = 50_000) -> int:
     changes = 0
-    with drain.drain_connection(dsn) as conn:
-        while (batch := drain.export_batch(conn, archive_dir, batch_size=batch_size)) is not None:
-            changes += batch.keys
+    with export.drain_connection(dsn) as conn:
+        while (batch := export.export_batch(conn, archive_dir, batch_size=batch_size)) is not None:
+            changes += batch.changes
     return changes
 
 
@@ -134,7 +134,7 @@ def export_speed(dsn: str, rows: int) -> Report:
 
 
 def _final_documents(dsn: str) -> list[dict[str, Any]]:
-    with drain.drain_connection(dsn) as conn:
+    with export.drain_connection(dsn) as conn:
         table = snapshot.captured(conn, [TABLE])[0]
         documents = [parse_line(line) for line in table_lines(conn, table, 1)]
         conn.commit()
@@ -179,7 +179,7 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
 
         # `cdc verify` of the same data, against the snapshot's collection
         def verify_snapshot() -> None:
-            with drain.drain_connection(dsn) as conn:
+            with export.drain_connection(dsn) as conn:
                 [diff] = verify.verify(conn, client["cdc_bench_snapshot"], snapshot.captured(conn, [TABLE]))
             if not diff.clean:
                 raise CheckFailed(f"bench: verify of the snapshot found differences: {diff.summary()}")
@@ -388,9 +388,9 @@ def export_rss(dsn: str, small: int, large: int) -> Report:
 _RSS_CHILD = """
 import os, resource, sys
 from pathlib import Path
-from cdc import drain
-with drain.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
-    while drain.export_batch(conn, Path(sys.argv[1]), batch_size=50_000) is not None:
+from cdc import export
+with export.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
+    while export.export_batch(conn, Path(sys.argv[1]), batch_size=50_000) is not None:
         pass
 # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

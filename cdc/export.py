@@ -50,7 +50,7 @@ LIBPQ_CHUNKED_ROWS = 170000  # libpq 17: PQsetChunkedRowsMode
 class ExportedBatch:
     batch_id: int
     path: Path
-    keys: int
+    changes: int  # lines written (upserts and deletes): each changed key once
     pos_min: int
     pos_max: int
     counts: dict[str, dict[str, int]]
@@ -316,7 +316,7 @@ def export_batch(
     )
     fields = {
         "batch": batch_id,
-        "changes": exported.keys,
+        "changes": exported.changes,
         "upserts": sum(c.get("upsert", 0) for c in manifest_counts.values()),
         "deletes": sum(c.get("delete", 0) for c in manifest_counts.values()),
         "rejected": exported.rejected,
