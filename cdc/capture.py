@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import hierarchy, mapping, pg, sqlfiles, tables, triggers
+from cdc import hierarchy, ledger, mapping, pg, sqlfiles, tables, triggers
 from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
 from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
@@ -26,7 +26,7 @@ __all__ = ["NOTIFY_CHANNEL", "TRIGGERS", "CapturedTable", "install", "key_text",
 
 log = logging.getLogger(__name__)
 
-_INSTALL_LOCK_KEY = hierarchy.INSTALL_LOCK_KEY
+_INSTALL_LOCK_KEY = ledger.INSTALL_LOCK_KEY
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ versions follow the order of the snapshots documents are read in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,15 +126,17 @@ def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
     return sql.SQL("{} UNION {}").format(now, before)
 
 
-def collect_roots(conn: psycopg.Connection[Any], model: DocumentModel, batch_id: int) -> dict[str, int]:
-    """Fill the temporary table of touched roots for ``batch_id``; returns their count per collection."""
+def collect_roots(
+    conn: psycopg.Connection[Any], model: DocumentModel, batch_id: int, rows: list[tuple[int, str]]
+) -> dict[str, int]:
+    """Fill the temporary table of touched roots for ``batch_id``, whose (relid, op) pairs are ``rows``
+    (``ledger.batch_ops``); returns their count per collection."""
     conn.execute(
         sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {} (collection text, key text) ON COMMIT DELETE ROWS").format(
             _ROOTS_TABLE
         )
     )
     conn.execute(sql.SQL("TRUNCATE {}").format(_ROOTS_TABLE))
-    rows = ledger.batch_ops(conn, batch_id)
     truncated = {relid for relid, op in rows if op == "t"}
     changed = {relid for relid, op in rows if op == "k"}
     refreshed = {relid for relid, op in rows if op == "r"}
@@ -168,12 +170,6 @@ def _insert_roots(conn: psycopg.Connection[Any], collection: Collection, keys: s
         ),
         {"collection": collection.name, "batch": batch_id},
     )
-
-
-def roots_truncated(conn: psycopg.Connection[Any], collection: Collection, batch_id: int) -> bool:
-    """Whether the batch truncated the collection's root table (every document is then rewritten, and
-    the older ones removed by a marker at the batch's version)."""
-    return (collection.root.table.relid, "t") in ledger.batch_ops(conn, batch_id)
 
 
 def touched_keys(conn: psycopg.Connection[Any], collection: Collection) -> Iterator[list[str]]:
@@ -396,9 +392,6 @@ def _largest_array(value: Any, path: str = "") -> tuple[str, int]:
     return best
 
 
-DeleteLine = Callable[[Any, int], bytes]
-
-
 def delete_line(document_id: Any, version: int) -> bytes:
     return orjson.dumps({"_id": document_id, "_cdc": position(version)}, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -410,11 +403,13 @@ def export_documents(
     delete when its root row is gone), a root-table TRUNCATE as a marker at ``version`` before them,
     and a document over 16 MiB to ``rejected.jsonl`` with its collection, root key, size and largest
     array. ``writer`` is the batch's ``archive.BatchWriter``."""
-    counts = collect_roots(conn, model, batch_id)
+    ops = ledger.batch_ops(conn, batch_id)
+    counts = collect_roots(conn, model, batch_id, ops)
     for collection in model.collections:
         root = collection.root.table
         writer.documents[collection.name] = {"root": f"{root.schema}.{root.name}", "version": str(version)}
-        if roots_truncated(conn, collection, batch_id):
+        # a truncated root table: every document is rewritten, the older ones removed by this marker
+        if (root.relid, "t") in ops:
             writer.truncate(collection.name, version)
         if not counts.get(collection.name):
             continue

@@ -41,7 +41,6 @@ _DECIMAL128_DIGITS = 34
 _DECIMAL128_EXPONENTS = range(-6176, 6112)
 _JSON_MAX_DEPTH = 90
 _UTC = dt.UTC
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,17 @@ class ColumnRule:
     base: str
     array: bool
     enum: bool = False
+
+
+def rules_for(table: Any, names: Sequence[str] | None = None) -> list[ColumnRule]:
+    """The rules of ``table``'s columns named ``names`` (default: every column), in that order
+    (``table`` is a ``cdc.tables.TableInfo``: its catalog description, domains followed)."""
+    by_name = {column.name: column for column in table.columns}
+    chosen = [column.name for column in table.columns] if names is None else list(names)
+    return [
+        ColumnRule(name, by_name[name].base_type, by_name[name].is_array, by_name[name].type_category == "E")
+        for name in chosen
+    ]
 
 
 def read_expression(rule: ColumnRule, ref: sql.Composable) -> sql.Composable:
@@ -330,12 +340,6 @@ def differences(stored: dict[str, Any], expected: dict[str, Any]) -> Iterator[Fi
     if present != wanted:
         first = next(index for index, (a, b) in enumerate(zip(present, wanted, strict=True)) if a != b)
         yield FieldDifference(f"(field order at {present[first]})", wanted[first], present[first])
-
-
-def epoch_ms(moment: dt.datetime) -> int:
-    """Milliseconds since the epoch (for tests and messages)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def from_json(rule: ColumnRule, value: Any) -> Any:

@@ -32,11 +32,7 @@ _FETCH = 2_000
 
 
 def _rules(node: Node) -> list[ColumnRule]:
-    by_name = {column.name: column for column in node.table.columns}
-    return [
-        ColumnRule(name, by_name[name].base_type, by_name[name].is_array, by_name[name].type_category == "E")
-        for name in node.columns
-    ]
+    return expected.rules_for(node.table, node.columns)
 
 
 def _source(node: Node) -> sql.Composable:
@@ -115,11 +111,7 @@ def _integer(text: str) -> int | Decimal:
 
 
 def root_rules(table: TableInfo) -> list[ColumnRule]:
-    by_name = {column.name: column for column in table.columns}
-    return [
-        ColumnRule(name, by_name[name].base_type, by_name[name].is_array, by_name[name].type_category == "E")
-        for name in table.key_columns
-    ]
+    return expected.rules_for(table, table.key_columns)
 
 
 def rows(conn: psycopg.Connection[Any], collection: Collection) -> Iterator[tuple[str, Any, dict[str, Any]]]:

@@ -149,7 +149,9 @@ def parse(text: str, filename: str) -> dict[str, Any]:
         raise MappingError(f"{filename}: not valid TOML: {exc}") from None
 
 
-def resolve(conn: psycopg.Connection[Any], document: dict[str, Any], filename: str, source: str) -> DocumentModel:
+def resolve(
+    conn: psycopg.Connection[Any], document: dict[str, Any], filename: str, source: str, *, strict: bool = True
+) -> DocumentModel:
     """Check the parsed file against the catalog; every refusal names the file and key path."""
     unknown = set(document) - {"collections"}
     if unknown:
@@ -164,7 +166,7 @@ def resolve(conn: psycopg.Connection[Any], document: dict[str, Any], filename: s
             raise MappingError(f"{filename}: {path}: expected a table of settings")
         if not name or name.startswith("$") or "\x00" in name or name.startswith("system."):
             raise MappingError(f"{filename}: {path}: {name!r} is not a valid collection name")
-        root = _node(conn, body, _Place(filename, path), None)
+        root = _node(conn, body, _Place(filename, path, strict=strict), None)
         resolved.append(Collection(name, root))
     return DocumentModel(tuple(resolved), source)
 
@@ -181,6 +183,7 @@ class _Place:
     path: str
     parent: TableInfo | None = None
     seen: tuple[int, ...] = ()
+    strict: bool = True  # also run the checks that query beyond the catalog of columns (install only)
 
 
 def _node(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place, field_name: str | None) -> Node:
@@ -206,7 +209,8 @@ def _node(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place, fi
     if where is not None:
         if parent is None or not isinstance(where, str) or not where.strip():
             raise _fail(filename, f"{path}.where", "expected an SQL predicate on an embedded table's columns")
-        _check_where(conn, table, where, filename, f"{path}.where")
+        if place.strict:
+            _check_where(conn, table, where, filename, f"{path}.where")
     children = _children(conn, body, place, table)
     _check_names([*names, *(child.field or "" for child in children)], place)
     return Node(
@@ -236,7 +240,9 @@ def _children(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place
         raise _fail(place.filename, f"{place.path}.embed", "expected [..embed.FIELD] tables")
     children = []
     for child_field, child_body in embeds.items():
-        child_place = _Place(place.filename, f"{place.path}.embed.{child_field}", table, (*place.seen, table.relid))
+        child_place = _Place(
+            place.filename, f"{place.path}.embed.{child_field}", table, (*place.seen, table.relid), place.strict
+        )
         if not isinstance(child_body, dict):
             raise _fail(place.filename, child_place.path, "expected a table of settings")
         children.append(_node(conn, child_body, child_place, child_field))
@@ -304,7 +310,7 @@ def _join(
     many = body.get("many", False)
     if not isinstance(many, bool):
         raise _fail(filename, f"{path}.many", "expected true or false")
-    if not many and not _covers_unique_key(conn, table, list(on)):
+    if not many and place.strict and not _covers_unique_key(conn, table, list(on)):
         raise _fail(
             filename,
             f"{path}.on",
@@ -381,7 +387,8 @@ def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
     if row is None:
         return None
     filename, source = str(row[0]), str(row[1])
-    return resolve(conn, parse(source, filename), f"{filename} (as installed)", source)
+    # every batch loads it: the predicate and unique-key checks ran at install
+    return resolve(conn, parse(source, filename), f"{filename} (as installed)", source, strict=False)
 
 
 def installed_filename(conn: psycopg.Connection[Any]) -> str | None:

@@ -23,7 +23,7 @@ INTERVAL_S = 10.0
 
 
 class Progress(Protocol):
-    """What long steps report to (``snapshot.prepare`` and ``Worker.progress`` take one)."""
+    """What long steps report to (``snapshot.prepare_targets`` and ``Worker.sync_once`` take one)."""
 
     def update(self, n: float | None = 1) -> None: ...
 

@@ -190,20 +190,6 @@ def empty_collections(database: Database[Any], tables_: Sequence[TableInfo]) -> 
     }
 
 
-def prepare(
-    conn: psycopg.Connection[Any], database: Database[Any], tables_: Sequence[TableInfo], progress: Progress
-) -> tuple[int, set[str]]:
-    """Enqueue every key of ``tables_`` and create their indexes.
-
-    Returns the keys enqueued and the collections that were empty before, which take the insert path.
-    """
-    fast = empty_collections(database, tables_)
-    total = sum(enqueue_table(conn, table, progress) for table in tables_)
-    for table in tables_:
-        create_indexes(conn, database, table)
-    return total, fast
-
-
 @dataclass(frozen=True)
 class Target:
     """One collection a snapshot rebuilds: a captured table's own collection (op ``k``), or a mapped

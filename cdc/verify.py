@@ -104,10 +104,7 @@ def _pass_of(key: bytes, passes: int) -> int:
 
 
 def rules(table: TableInfo) -> list[ColumnRule]:
-    return [
-        ColumnRule(column.name, column.base_type, column.is_array, column.type_category == "E")
-        for column in table.columns
-    ]
+    return expected.rules_for(table)
 
 
 def _rows(conn: psycopg.Connection[Any], table: TableInfo, column_rules: list[ColumnRule]) -> Iterator[tuple[Any, ...]]:
