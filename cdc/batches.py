@@ -96,7 +96,9 @@ class InMemoryBatches:
 
     def pending(self) -> list[int]:
         return sorted(
-            b for b, info in self.batches.items() if info.state is not State.APPLIED and info.mode is Mode.RUN
+            b
+            for b, info in self.batches.items()
+            if info.state is not State.APPLIED and info.mode in (Mode.RUN, Mode.SNAPSHOT)
         )
 
     def info(self, batch_id: int) -> BatchInfo | None:

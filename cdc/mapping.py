@@ -183,7 +183,7 @@ class _Place:
     path: str
     parent: TableInfo | None = None
     seen: tuple[int, ...] = ()
-    strict: bool = True  # also run the checks that query beyond the catalog of columns (install only)
+    strict: bool = True  # also compile each `where` (install only: a bad predicate fails the export anyway)
 
 
 def _node(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place, field_name: str | None) -> Node:
@@ -310,7 +310,7 @@ def _join(
     many = body.get("many", False)
     if not isinstance(many, bool):
         raise _fail(filename, f"{path}.many", "expected true or false")
-    if not many and place.strict and not _covers_unique_key(conn, table, list(on)):
+    if not many and not _covers_unique_key(conn, table, list(on)):
         raise _fail(
             filename,
             f"{path}.on",
@@ -387,7 +387,7 @@ def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
     if row is None:
         return None
     filename, source = str(row[0]), str(row[1])
-    # every batch loads it: the predicate and unique-key checks ran at install
+    # every batch loads it: the `where` predicates were compiled at install
     return resolve(conn, parse(source, filename), f"{filename} (as installed)", source, strict=False)
 
 

@@ -261,3 +261,36 @@ def test_an_update_of_columns_no_embedding_shows_refreshes_only_the_tables_own_c
     loud = cdc("run", "--once", env=env)
     assert loud.returncode == 0 and "1 changes" not in loud.stdout, loud.stdout
     _drain_and_verify(cdc, env, "after both updates")
+
+
+ORININU_PLAYLISTS_ONLY = """
+[collections.playlists]
+table = "playlists"
+
+[collections.playlists.embed.songs]
+table = "playlist_songs"
+on = { playlist_id = "playlist_id" }
+many = true
+
+[collections.playlists.embed.songs.embed.song]
+table = "songs"
+on = { song_id = "song_id" }
+many = false
+fields = ["title"]
+"""
+
+
+def test_the_orininu_validation_queries_only_run_over_table_mirrors(dbs, cdc, tmp_path):
+    """Songs embedded in playlists, with no songs collection of their own: verify is clean (the
+    pipelines that read a songs collection do not apply)."""
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive")}
+    assert cdc("generate", "--scale", "tiny", env=env).returncode == 0
+    model = tmp_path / "playlists.toml"
+    model.write_text(ORININU_PLAYLISTS_ONLY)
+    installed = cdc("install", "--mapping", str(model), "--tables", "user_interaction", env=env)
+    assert installed.returncode == 0, installed.stderr
+    assert cdc("snapshot", env=env).returncode == 0
+    verified = cdc("verify", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "dql top_songs" not in verified.stdout
+    assert "playlists" in verified.stdout and "user_interaction" in verified.stdout
