@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import bson.errors
 import pymongo
@@ -45,6 +45,8 @@ from cdc.extjson import parse_line
 from cdc.mongo import describe, translated
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
 CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
@@ -95,19 +97,29 @@ def _log_retry(state: RetryCallState) -> None:
         limit if limit is not None else "?",
         extra={"action": "mongo_retry", "attempt": state.attempt_number, "max_attempts": limit},
     )
-    owner = state.args[0] if state.args else None  # the Applier, for its bulk writes
-    if isinstance(owner, Applier) and owner.on_retry is not None:
-        owner.on_retry()
 
 
-transient_retry = retry(
-    retry=retry_if_exception(is_transient),
-    wait=wait_random_exponential(multiplier=0.2, max=10),
-    stop=stop_after_attempt(12) | stop_when_event_set(shutdown.REQUESTED),
-    sleep=shutdown.sleep,
-    before_sleep=_log_retry,
-    reraise=True,
-)
+def transient_retry_with(on_retry: Callable[[], None] | None = None) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """The retry decorator of MongoDB writes: transient errors only, jittered exponential waits, at
+    most 12 attempts or until shutdown; one log line per retry, then ``on_retry()`` (the caller's
+    own hook, e.g. a metrics counter)."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        _log_retry(state)
+        if on_retry is not None:
+            on_retry()
+
+    return retry(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=0.2, max=10),
+        stop=stop_after_attempt(12) | stop_when_event_set(shutdown.REQUESTED),
+        sleep=shutdown.sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+transient_retry = transient_retry_with()  # logs each retry, with no hook of its own
 
 
 def pos_of(document: Document) -> int:
@@ -212,7 +224,11 @@ class Applier:
     ) -> None:
         self.database = database
         self.options: CodecOptions[Document] = CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
-        self.on_retry = on_retry  # called before each retried bulk write (metrics)
+        self.on_retry = on_retry  # called before each retried MongoDB write (metrics)
+        self.retrying = transient_retry_with(self._retried)  # this applier's writes: counted, then on_retry
+        self._retries = 0
+        self._retries_lock = threading.Lock()  # bulk writes retry on a helper thread too
+        self._write = self.retrying(self._write_once)
         self.key_fields = KeyFields(
             composite_key_index_default() if composite_key_index is None else composite_key_index
         )
@@ -224,8 +240,15 @@ class Applier:
     def applied_batches(self) -> set[int]:
         return {int(doc["_id"]) for doc in self.collection(APPLIED_COLLECTION).find({}, {"_id": 1})}
 
-    @transient_retry
-    def _write(self, collection: str, changes: list[tuple[str, Document]], stats: ApplyStats, depth: int = 0) -> None:
+    def _retried(self) -> None:
+        with self._retries_lock:
+            self._retries += 1
+        if self.on_retry is not None:
+            self.on_retry()
+
+    def _write_once(
+        self, collection: str, changes: list[tuple[str, Document]], stats: ApplyStats, depth: int = 0
+    ) -> None:
         """One unordered bulk write of (kind, document) pairs; kind is upsert, insert or delete.
 
         Duplicate-key errors on ``_id`` are sorted out here: stale ones are counted, the rest
@@ -283,7 +306,7 @@ class Applier:
         return stored is not None and pos_of(stored) >= pos_of(document)
 
     def _truncate(self, collection: str, pos: int, stats: ApplyStats) -> None:
-        @transient_retry
+        @self.retrying
         def run() -> int:
             return self.collection(collection).delete_many({"_cdc.pos": {"$lt": pos}}).deleted_count
 
@@ -295,6 +318,7 @@ class Applier:
         """Apply one verified batch; ``fast_insert`` names collections known to be empty (insert path)."""
         stats = ApplyStats()
         self._mapped = set(batch.manifest.get("documents") or {})
+        retries_before = self._retries
         try:
             for marker in batch.manifest["truncates"]:
                 self._truncate(marker["collection"], int(marker["pos"]), stats)
@@ -309,6 +333,7 @@ class Applier:
             if is_transient(exc):
                 raise MongoUnavailable(f"batch {batch.batch_id}: {describe(exc)}") from exc
             raise MongoError(f"batch {batch.batch_id}: {describe(exc)}") from exc
+        stats.retries = self._retries - retries_before
         return stats
 
     def _apply_file(self, collection: str, path: Path, op: str, stats: ApplyStats, *, fast: bool) -> None:
@@ -335,7 +360,7 @@ class Applier:
         _counted(collection, op, stats, size)
 
     def mark_applied(self, batch_id: int) -> None:
-        @transient_retry
+        @self.retrying
         def run() -> None:
             self.collection(APPLIED_COLLECTION).replace_one(
                 {"_id": batch_id}, {"_id": batch_id, "applied_at": dt.datetime.now(dt.UTC)}, upsert=True

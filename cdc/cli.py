@@ -11,7 +11,7 @@ import sys
 import click
 
 from cdc import logs
-from cdc.commands.options import State
+from cdc.commands.options import Invocation
 from cdc.errors import CdcError, UsageError
 from cdc.redact import redact
 
@@ -27,13 +27,15 @@ from cdc.redact import redact
     help="Human-readable lines or one JSON object per line.",
 )
 @click.version_option(package_name="orininu-cdc")
-def cli(verbose: bool, log_format: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, log_format: str) -> None:
     """orininu-cdc: keep MongoDB in step with PostgreSQL through a mongoimport-compatible archive.
 
     Connections come from flags or the environment (CDC_PG_DSN, CDC_MONGO_URI, then libpq's PG*
     variables), else from the embedded stack started by `cdc stack up`.
     """
-    State.verbose = verbose
+    if isinstance(ctx.obj, Invocation):  # what `main` reads after the command, to report its errors
+        ctx.obj.verbose = verbose
     logs.configure(verbose=verbose, json_format=log_format == "json")
 
 
@@ -85,8 +87,9 @@ def _cause_lines(exc: BaseException) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: the single place that turns errors into exit codes."""
+    invocation = Invocation()
     try:
-        outcome = cli.main(args=argv, prog_name="cdc", standalone_mode=False)
+        outcome = cli.main(args=argv, prog_name="cdc", standalone_mode=False, obj=invocation)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"cdc: usage error: {redact(str(exc))}", err=True)
         sys.exit(2)
     except CdcError as exc:
-        if State.verbose:
+        if invocation.verbose:
             import traceback  # noqa: PLC0415
 
             click.echo(redact("".join(traceback.format_exception(exc))), err=True)
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: still one line, the traceback with -v
-        if State.verbose:
+        if invocation.verbose:
             raise
         first_line = (str(exc).strip().splitlines() or [""])[0]
         click.echo(f"cdc: internal error: {type(exc).__name__}: {redact(first_line)[:300]} (rerun with -v)", err=True)

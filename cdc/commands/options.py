@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +18,10 @@ from cdc.config import DEFAULT_DATA_DIR, DEFAULT_MONGO_DB, Settings, refuse_pass
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class State:
+@dataclass
+class Invocation:
+    """What ``cdc``'s own options decided, handed by ``cli.main`` to the group as the context object."""
+
     verbose: bool = False
 
 

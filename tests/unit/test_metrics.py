@@ -75,19 +75,34 @@ def test_each_run_has_its_own_registry():
 
 def test_retried_bulk_writes_are_counted_through_the_applier_hook():
     metrics = Metrics()
-    applier = Applier(None)  # type: ignore[arg-type]  # no database needed: only the hook is used
-    applier.on_retry = metrics.retried
+    applier = Applier(None, on_retry=metrics.retried)  # type: ignore[arg-type]  # only the retry hook is used
     failures = iter([pymongo.errors.AutoReconnect("gone"), pymongo.errors.AutoReconnect("gone again")])
 
-    @transient_retry
-    def write(owner: Applier) -> str:
+    @applier.retrying
+    def write() -> str:
         failure = next(failures, None)
         if failure is not None:
             raise failure
         return "written"
 
-    assert write(applier) == "written"
+    assert write.retry_with(sleep=lambda _seconds: None)() == "written"  # type: ignore[attr-defined]
     assert samples(metrics)[("cdc_mongo_retries_total", ())] == 2
+
+
+def test_the_module_retry_counts_nothing_of_an_applier_passed_to_it():
+    """The hook is the applier's own: a plain ``transient_retry`` no longer finds one in its arguments."""
+    metrics = Metrics()
+    applier = Applier(None, on_retry=metrics.retried)  # type: ignore[arg-type]
+    failures = iter([pymongo.errors.AutoReconnect("gone")])
+
+    @transient_retry
+    def write(owner: Applier) -> str:
+        if next(failures, None) is not None:
+            raise pymongo.errors.AutoReconnect("gone")
+        return "written"
+
+    assert write.retry_with(sleep=lambda _seconds: None)(applier) == "written"  # type: ignore[attr-defined]
+    assert samples(metrics).get(("cdc_mongo_retries_total", ()), 0) == 0
 
 
 def test_the_textfile_parses_and_leaves_no_temporary_file(tmp_path):
