@@ -14,6 +14,7 @@ from cdc.errors import (
     UsageError,
 )
 from cdc.redact import register_secret, secrets_in
+from cdc.stack_files import StackFiles
 
 DEFAULT_DATA_DIR = Path(".orininu")
 DEFAULT_MONGO_DB = "orininu"
@@ -62,9 +63,7 @@ class Settings:
     def _stack_env(self, server: str) -> dict[str, str] | None:
         """The embedded stack's settings when its ``server`` ("postgresql" or "mongodb") runs: one
         server down does not hide the other (``cdc status`` needs PostgreSQL only)."""
-        from cdc.devtools.stack import Stack  # noqa: PLC0415  (imports nothing heavy, avoids a cycle)
-
-        stack = Stack(self.data_dir)
+        stack = StackFiles(self.data_dir)
         env = stack.running_env()
         if env:
             return env
@@ -74,9 +73,7 @@ class Settings:
 
     def _stack_down(self, what: str, flag: str, variable: str) -> ServerDown | None:
         """The error naming the embedded stack's ``what`` server as down, when there is a stack."""
-        from cdc.devtools.stack import Stack  # noqa: PLC0415
-
-        if not Stack(self.data_dir).paths.env_file.exists():
+        if not StackFiles(self.data_dir).paths.env_file.exists():
             return None
         return ServerDown(
             f"the embedded stack's {what} server under {self.data_dir} is down: start it with "

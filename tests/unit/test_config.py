@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from cdc.config import Settings, refuse_password_in_argument
-from cdc.devtools.stack import Stack
 from cdc.errors import ConfigError, UsageError
+from cdc.stack_files import StackFiles
 
 
 def test_given_dsn_wins(monkeypatch):
@@ -21,7 +21,7 @@ def test_running_stack_is_the_last_resort(monkeypatch, tmp_path):
     for name in ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
         monkeypatch.delenv(name, raising=False)
     env = {"CDC_PG_DSN": "postgresql://postgres:x@127.0.0.1:1/orininu", "CDC_MONGO_URI": "mongodb://m"}
-    monkeypatch.setattr(Stack, "running_env", lambda self: env)
+    monkeypatch.setattr(StackFiles, "running_env", lambda self: env)
     settings = Settings(data_dir=tmp_path)
     assert settings.pg_dsn() == env["CDC_PG_DSN"]
     assert settings.mongo_uri() == "mongodb://m"
