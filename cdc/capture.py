@@ -306,3 +306,9 @@ def captured_tables(conn: psycopg.Connection[Any]) -> list[CapturedTable]:
 def is_installed(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT to_regclass('cdc.outbox') IS NOT NULL").fetchone()
     return bool(row and row[0])
+
+
+def require_installed(conn: psycopg.Connection[Any]) -> None:
+    """``ConfigError`` telling to run `cdc install` when capture is not installed."""
+    if not is_installed(conn):
+        raise ConfigError("capture is not installed: run `cdc install` first")

@@ -1,5 +1,6 @@
-"""The ledger: the one owner of the SQL on ``cdc.outbox``, ``cdc.batches`` and ``cdc.batch_changes``
-(named blocks in ``schema/ledger.sql``), of batch states and of the advisory lock keys.
+"""The ledger: the one owner of the SQL on ``cdc.outbox``, ``cdc.batches``, ``cdc.batch_changes`` and
+``cdc.snapshot_progress`` (named blocks in ``schema/ledger.sql``), of batch states and of the
+advisory lock keys.
 
 Readers never commit: their callers end the transaction (a REPEATABLE READ connection must, before
 its next claim reads a fresh snapshot). Writers run in the caller's transaction, except
@@ -9,7 +10,7 @@ its next claim reads a fresh snapshot). Writers run in the caller's transaction,
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -358,3 +359,75 @@ class BacklogReader:
     def close(self) -> None:
         with self._lock:
             self._close()
+
+
+def worker_running(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a worker (`cdc run`, an applying snapshot, a repair) holds the worker lock."""
+    with pg.translated("looking for a running worker"):
+        row = conn.execute(
+            _sql("worker_running"), {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}
+        ).fetchone()
+    return bool(row and row[0])
+
+
+# ---- a snapshot's progress (cdc.snapshot_progress), so that an interrupted one resumes ----------
+
+
+@dataclass(frozen=True)
+class SnapshotStep:
+    """What is recorded for one table (and op) of a snapshot."""
+
+    relid: int
+    op: str
+    mode: str  # "apply" (to MongoDB) or "export" (--export-only, into the archive)
+    last_key: str | None  # the last key enqueued, as the outbox holds it
+    last_pos: int | None  # the position of the last page enqueued
+    keys: int
+    done: bool  # every key enqueued
+    started_at: Any  # a datetime
+
+
+def snapshot_progress_access(conn: psycopg.Connection[Any]) -> tuple[bool, bool]:
+    """(the progress table exists, this role may read and write it)."""
+    with pg.translated("checking the snapshot progress table"):
+        row = conn.execute(_sql("snapshot_progress_access")).fetchone()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+def record_snapshot_page(  # noqa: PLR0917 (one page's facts)
+    conn: psycopg.Connection[Any], relid: int, op: str, mode: str, last_key: str, pos: int, keys: int
+) -> None:
+    """In the page's transaction: how far the table's snapshot got."""
+    conn.execute(
+        _sql("snapshot_page"),
+        {"relid": relid, "op": op, "mode": mode, "last_key": last_key, "pos": pos, "keys": keys},
+    )
+
+
+def record_snapshot_done(conn: psycopg.Connection[Any], relid: int, op: str, mode: str) -> None:
+    """In the last (empty) page's transaction: every key of the table is enqueued."""
+    conn.execute(_sql("snapshot_table_done"), {"relid": relid, "op": op, "mode": mode})
+
+
+def snapshot_steps(
+    conn: psycopg.Connection[Any], steps: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], SnapshotStep]:
+    """The recorded progress of these (relid, op) pairs. A reader: the caller ends the transaction."""
+    if not steps:
+        return {}
+    with pg.translated("reading the snapshot progress"):
+        rows = conn.execute(
+            _sql("snapshot_steps"), {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
+        ).fetchall()
+    return {
+        (int(r[0]), str(r[1])): SnapshotStep(int(r[0]), str(r[1]), r[2], r[3], r[4], int(r[5]), r[6], r[7])
+        for r in rows
+    }
+
+
+def forget_snapshot_steps(conn: psycopg.Connection[Any], steps: Sequence[tuple[int, str]]) -> None:
+    """In the caller's transaction: drop the records of these (relid, op) pairs."""
+    with pg.translated("clearing the snapshot progress"):
+        conn.execute(
+            _sql("forget_snapshot_steps"), {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
+        )

@@ -23,9 +23,10 @@ INTERVAL_S = 10.0
 
 
 class Progress(Protocol):
-    """What long steps report to (``snapshot.prepare_targets`` and ``Worker.sync_once`` take one)."""
+    """What long steps report to (``snapshot.prepare_targets`` and ``Worker.cycle`` take one): a tqdm
+    bar, ``Lines``, or anything with ``update`` (what it returns is ignored)."""
 
-    def update(self, n: float | None = 1) -> None: ...
+    def update(self, n: float | None = 1) -> object: ...
 
 
 class Bar:

@@ -7,37 +7,31 @@ nothing and brings back nothing stale: a change made after a chunk was enqueued 
 position, and every image is read at drain time. Collections that are empty when the snapshot
 starts take the insert path (an insert that meets a document falls back to the guarded upsert).
 
-A snapshot resumes. Each page records, in the transaction that enqueues it, how far its table got
-(``cdc.snapshot_progress``: the last key enqueued and the page's position), and the table's row
-says when every key is enqueued. A re-run of an interrupted snapshot continues after the last key
-of each table that was not finished, and enqueues nothing for the finished ones; what was already
-enqueued (the outbox and the batches not yet applied) is drained by the normal cycle. A record
-whose keys are all enqueued and drained belongs to a snapshot that finished: it is started over.
+A snapshot resumes (``cdc.snapshot_resume``): each page records how far its table got, in the
+transaction that enqueues it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from pymongo.database import Database
 
-from cdc import capture, export, faults, ledger, mapping, pg, shutdown, tables
+from cdc import capture, faults, ledger, mapping, pg, tables
 from cdc.errors import (
     ConfigError,
     Interrupted,
     PostgresUnavailable,
 )
+from cdc.progress import Progress
+from cdc.snapshot_resume import Recorder, ResumePlan
 from cdc.tables import TableInfo
 
 log = logging.getLogger(__name__)
@@ -45,12 +39,6 @@ CHUNK = 5_000
 # keys per batch of a snapshot: one outbox page, so the next page is exported while this one is applied
 BATCH_SIZE = CHUNK
 PAGE_ATTEMPTS = 10
-
-
-class Progress(Protocol):
-    """What enqueueing reports to: a tqdm bar, or anything with ``update``."""
-
-    def update(self, n: float | None = 1) -> bool | None: ...
 
 
 def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[TableInfo]:
@@ -262,253 +250,3 @@ def prepare_targets(
         for table in mirrors:
             create_indexes(conn, database, table)
     return total, fast
-
-
-# ---- resuming an interrupted snapshot ------------------------------------------------------------
-
-
-PROGRESS_TABLE = "cdc.snapshot_progress"
-MODES = ("apply", "export")
-
-
-@dataclass(frozen=True)
-class Step:
-    """What the ledger records for one table (and op) of a snapshot."""
-
-    relid: int
-    op: str
-    mode: str  # "apply" (to MongoDB) or "export" (--export-only, into the archive)
-    last_key: str | None  # the last key enqueued, as the outbox holds it
-    last_pos: int | None  # the position of the last page enqueued
-    keys: int
-    done: bool  # every key enqueued
-    started_at: dt.datetime
-
-
-class Recorder:
-    """Writes a snapshot's progress, in the transaction of each page."""
-
-    def __init__(self, mode: str) -> None:
-        assert mode in MODES
-        self.mode = mode
-
-    def page(  # noqa: PLR0917 (one page's facts)
-        self, conn: psycopg.Connection[Any], relid: int, op: str, last_key: str, pos: int, keys: int
-    ) -> None:
-        conn.execute(
-            """INSERT INTO cdc.snapshot_progress (relid, op, mode, last_key, last_pos, keys)
-               VALUES (%s, %s, %s, %s, %s, %s)
-               ON CONFLICT (relid, op) DO UPDATE SET last_key = excluded.last_key, last_pos = excluded.last_pos,
-                   keys = cdc.snapshot_progress.keys + excluded.keys, mode = excluded.mode, updated_at = now()""",
-            [relid, op, self.mode, last_key, pos, keys],
-        )
-
-    def finished(self, conn: psycopg.Connection[Any], relid: int, op: str) -> None:
-        conn.execute(
-            """INSERT INTO cdc.snapshot_progress (relid, op, mode, done) VALUES (%s, %s, %s, true)
-               ON CONFLICT (relid, op) DO UPDATE SET done = true, mode = excluded.mode, updated_at = now()""",
-            [relid, op, self.mode],
-        )
-
-
-@dataclass
-class ResumePlan:
-    """Which tables of this snapshot continue an interrupted one; ``recorder`` records the new pages."""
-
-    recorder: Recorder
-    resumed: dict[tuple[int, str], Step] = field(default_factory=dict)
-    restarted: list[str] = field(default_factory=list)  # why a record was dropped, one line each
-
-    @property
-    def resuming(self) -> bool:
-        return bool(self.resumed)
-
-
-def can_record(conn: psycopg.Connection[Any]) -> str | None:
-    """None when this role can record progress; else why not (the snapshot then cannot resume)."""
-    with pg.translated("checking the snapshot progress table"):
-        exists = conn.execute("SELECT to_regclass('cdc.snapshot_progress') IS NOT NULL").fetchone()
-        allowed = exists is not None and bool(exists[0])
-        if allowed:
-            row = conn.execute(
-                "SELECT has_table_privilege('cdc.snapshot_progress', 'SELECT, INSERT, UPDATE, DELETE')"
-            ).fetchone()
-            allowed = row is not None and bool(row[0])
-    conn.commit()
-    if allowed:
-        return None
-    if not (exists and exists[0]):
-        return "cdc.snapshot_progress does not exist (run `cdc install` again to add it)"
-    return f"role {conn.info.user!r} may not write cdc.snapshot_progress (grant it, as for cdc.outbox)"
-
-
-def _steps(conn: psycopg.Connection[Any], keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Step]:
-    if not keys:
-        return {}
-    with pg.translated("reading the snapshot progress"):
-        rows = conn.execute(
-            """SELECT relid::int, op::text, mode, last_key, last_pos, keys, done, started_at
-               FROM cdc.snapshot_progress
-               WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%s::int[], %s::text[]))""",
-            [[relid for relid, _ in keys], [op for _, op in keys]],
-        ).fetchall()
-    conn.commit()
-    return {(int(r[0]), str(r[1])): Step(int(r[0]), str(r[1]), r[2], r[3], r[4], int(r[5]), r[6], r[7]) for r in rows}
-
-
-def in_flight(conn: psycopg.Connection[Any], step: Step) -> bool:
-    """Whether what ``step`` enqueued is still on its way: in the outbox, or in a batch not yet
-    applied (``apply``) or not yet archived (``export``)."""
-    if step.last_pos is None:
-        return False
-    waiting = ledger.waiting_up_to(conn, step.last_pos, applying=step.mode == "apply")
-    conn.commit()
-    return waiting
-
-
-def _steps_of(chosen: Sequence[Target]) -> list[tuple[int, str]]:
-    return list(dict.fromkeys((t.table.relid, t.op) for t in chosen))
-
-
-def plan_resume(conn: psycopg.Connection[Any], chosen: Sequence[Target], mode: str, *, restart: bool) -> ResumePlan:
-    """Decide, per table of ``chosen``, whether this snapshot continues an interrupted one.
-
-    Records exist only for a snapshot that did not finish (they go when it does). They are
-    continued when written by a snapshot of the same ``mode``, unless every table's keys were
-    enqueued and have all been drained since (``cdc run`` finished it): then it starts over, and
-    so does every table with ``restart``."""
-    plan = ResumePlan(Recorder(mode))
-    by_step = {(t.table.relid, t.op): t for t in chosen}
-    dropped: list[tuple[int, str]] = []
-    found = _steps(conn, _steps_of(chosen))
-    finished = bool(found) and all(step.done and not in_flight(conn, step) for step in found.values())
-    for key, step in found.items():
-        if restart or finished:
-            dropped.append(key)
-        elif step.mode != mode:
-            dropped.append(key)
-            plan.restarted.append(
-                f"{by_step[key].table.display}: the interrupted snapshot was "
-                f"{'--export-only' if step.mode == 'export' else 'applying'}; starting it over"
-            )
-        else:
-            plan.resumed[key] = step
-    if dropped:
-        with pg.translated("resetting the snapshot progress"):
-            conn.execute(
-                "DELETE FROM cdc.snapshot_progress"
-                " WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%s::int[], %s::text[]))",
-                [[relid for relid, _ in dropped], [op for _, op in dropped]],
-            )
-        conn.commit()
-    return plan
-
-
-def forget(conn: psycopg.Connection[Any], chosen: Sequence[Target]) -> None:
-    """The snapshot of ``chosen`` finished: drop its records, so the next one starts over."""
-    steps = _steps_of(chosen)
-    with pg.translated("clearing the snapshot progress"):
-        conn.execute(
-            "DELETE FROM cdc.snapshot_progress"
-            " WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%s::int[], %s::text[]))",
-            [[relid for relid, _ in steps], [op for _, op in steps]],
-        )
-    conn.commit()
-
-
-def describe_left(conn: psycopg.Connection[Any], chosen: Sequence[Target], mode: str) -> str:
-    """What an interrupted snapshot leaves: per collection how far its keys were enqueued, and what
-    waits in the outbox and in batches (one line)."""
-    steps = _steps(conn, _steps_of(chosen)) if can_record(conn) is None else {}
-    finished, partial, untouched = [], [], []
-    for target in chosen:
-        step = steps.get((target.table.relid, target.op))
-        if step is not None and step.mode != mode:
-            step = None
-        if step is None:
-            untouched.append(target.collection)
-        elif step.done:
-            finished.append(target.collection)
-        else:
-            partial.append(f"{target.collection} up to key {step.last_key} ({step.keys:,} keys)")
-    waiting = ledger.backlog(conn)
-    conn.commit()
-    parts = [f"keys of {len(finished)} of {len(chosen)} collections fully enqueued"]
-    if partial:
-        parts.append("partly: " + ", ".join(partial))
-    if untouched and (finished or partial):
-        parts.append("not started: " + ", ".join(untouched))
-    parts.append(
-        f"{waiting.outbox_changes:,} changes wait in the outbox and {waiting.batch_changes:,} in "
-        f"{waiting.batches} batches not yet {'archived' if mode == 'export' else 'applied'}"
-    )
-    return "; ".join(parts)
-
-
-class StopRequest:
-    """SIGINT/SIGTERM during a snapshot: the first asks it to stop after the current page or batch,
-    a second stops it at once (``KeyboardInterrupt``; nothing is lost either way)."""
-
-    def __init__(self) -> None:
-        self.event = shutdown.REQUESTED
-        self.signum: int | None = None
-
-    def install(self) -> StopRequest:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.event.set()
-        os.write(2, b"cdc: stopping the snapshot after the current page or batch (again to stop at once)\n")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
-
-def worker_running(conn: psycopg.Connection[Any]) -> bool:
-    """Whether a `cdc run` worker (or an applying snapshot) holds the worker lock."""
-    with pg.translated("looking for a running worker"):
-        row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
-            " AND objsubid = 2 AND granted)",
-            [0x0CDC, 3],
-        ).fetchone()
-    conn.commit()
-    return bool(row and row[0])
-
-
-@dataclass
-class Exported:
-    batches: list[int] = field(default_factory=list)
-    changes: int = 0
-    rejected: int = 0
-
-
-def export_enqueued(
-    dsn: str, archive_dir: Path, *, batch_size: int, stop: threading.Event, progress: Progress | None = None
-) -> Exported:
-    """Drain the outbox, up to its head now, into archive batches in ``export`` mode (``cdc export``'s
-    way: no MongoDB). Stops between batches when ``stop`` is set."""
-    result = Exported()
-    conn = export.drain_connection(dsn)
-    try:
-        export.recover_partials(conn, archive_dir)
-        head = ledger.outbox_head(conn)
-        conn.commit()
-        while not stop.is_set():
-            batch = export.export_batch(conn, archive_dir, batch_size=batch_size, up_to=head)
-            if batch is None:
-                break
-            result.batches.append(batch.batch_id)
-            result.changes += batch.changes
-            result.rejected += batch.rejected
-            if progress is not None:
-                progress.update(batch.changes)
-    finally:
-        conn.close()
-    return result

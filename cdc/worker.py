@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,13 +56,11 @@ class Worker:
         metrics: Metrics | None = None,
         batch_log_level: int = logging.INFO,
         summary_every: float | None = None,
-        fast_insert: set[str] | None = None,
         batches: Batches | None = None,
         lock: WorkerLock | None = None,
     ) -> None:
         """``batch_log_level``: the level of each batch's lines ("batch N: … changes" when exported,
-        "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often;
-        ``fast_insert``: collections known empty, written with the insert path (a snapshot's). With
+        "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often. With
         ``metrics``, build the applier with ``Applier(…, on_retry=metrics.retried)``. ``batches`` and
         ``lock`` default to the ledger and the advisory lock in PostgreSQL (tests pass in-memory ones)."""
         self.dsn = dsn
@@ -74,8 +72,9 @@ class Worker:
         self.metrics = metrics
         self.batch_log_level = batch_log_level
         self.summary_every = summary_every
-        self.fast_insert = set(fast_insert or ())  # collections known empty: the insert path
-        self.progress: Progress | None = None  # told the changes of every batch applied
+        # one pass's own (``cycle``'s arguments), reset when it ends
+        self._fast_insert: frozenset[str] = frozenset()
+        self._progress: Progress | None = None
         self.lock = lock or WorkerLock(dsn, self.stop)
         self.batches: Batches = batches or PgBatches(lambda: self.conn)
         self._conn: psycopg.Connection[Any] | None = None
@@ -130,11 +129,11 @@ class Worker:
         recorded = (str(info.pos_min), str(info.pos_max)) if info is not None else None
         return recorded == (position.get("min"), position.get("max"))
 
-    def apply_batch(self, batch_id: int, fast_insert: set[str] | None = None) -> ApplyStats:
+    def apply_batch(self, batch_id: int, fast_insert: Collection[str] = ()) -> ApplyStats:
         self.check_lock()
         batch = self._load_or_reexport(batch_id)
         started = time.perf_counter()
-        result = self.applier.apply(batch, fast_insert=fast_insert)
+        result = self.applier.apply(batch, fast_insert=set(fast_insert))
         faults.point("before_mark_applied")
         self.applier.mark_applied(batch_id)
         self.batches.mark_applied(batch_id)
@@ -146,8 +145,8 @@ class Worker:
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.batch_applied(result, seconds)
-        if self.progress is not None:
-            self.progress.update(result.upserted + result.deleted + result.stale)
+        if self._progress is not None:
+            self._progress.update(result.upserted + result.deleted + result.stale)
         fields = {
             "batch": batch_id,
             "upserts": result.upserted,
@@ -168,30 +167,32 @@ class Worker:
         return result
 
     def finish_pending(self) -> int:
+        """Apply the batches claimed and not yet applied, in batch order, until a stop is requested."""
         pending = self.batches.pending()
+        done = 0
         for batch_id in pending:
+            if self.stop.is_set():
+                break
             self.apply_batch(batch_id)
-        return len(pending)
+            done += 1
+        return done
 
-    def sync_once(self, *, wait: bool = True, progress: Progress | None = None) -> bool:
-        """What commands, the demo and the bench share: take the lock, apply everything up to the outbox
-        position seen now (``progress`` told each batch's changes), release. False when the lock was
-        not taken (another worker holds it and ``wait`` is False, or a stop was requested)."""
-        if not self.acquire(wait=wait):
-            return False
-        self.progress = progress
-        try:
-            self.cycle_to_head()
-        finally:
-            self.progress = None
-            self.release()
-        return True
-
-    def cycle_to_head(self) -> int:
+    def cycle_to_head(self, *, fast_insert: Collection[str] = (), progress: Progress | None = None) -> int:
         """``cycle`` up to the outbox position seen now (``--once``, a snapshot, a repair)."""
-        return self.cycle(up_to=self.batches.head())
+        return self.cycle(up_to=self.batches.head(), fast_insert=fast_insert, progress=progress)
 
-    def cycle(self, up_to: int | None = None) -> int:
+    def cycle(
+        self, up_to: int | None = None, *, fast_insert: Collection[str] = (), progress: Progress | None = None
+    ) -> int:
+        """One pass (see ``_cycle``). ``fast_insert``: collections known empty, whose new batches are
+        written with the insert path (a snapshot's); ``progress`` is told each applied batch's changes."""
+        self._fast_insert, self._progress = frozenset(fast_insert), progress
+        try:
+            return self._cycle(up_to)
+        finally:
+            self._fast_insert, self._progress = frozenset(), None
+
+    def _cycle(self, up_to: int | None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).
 
         Each claim is fenced by the worker lock (``assert_lock_holder``) and batches are applied in
@@ -268,7 +269,7 @@ class Worker:
         for pending in earlier:
             log.info("batch %d: pending from an earlier claim; applying it first", pending)
             self.apply_batch(pending)
-        self.apply_batch(batch_id, self.fast_insert)
+        self.apply_batch(batch_id, self._fast_insert)
         return len(earlier) + 1
 
     # ---- the loop -----------------------------------------------------------------------------

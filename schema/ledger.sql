@@ -112,3 +112,37 @@ SELECT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= %(pos)s)
                WHERE pos_min <= %(pos)s
                  AND CASE WHEN %(applying)s THEN state <> 'applied' AND mode IN ('run', 'snapshot')
                           ELSE state = 'claimed' END)
+
+-- name: worker_running
+-- Whether a worker (`cdc run`, an applying snapshot, a repair) holds the worker lock.
+SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %(lock_class)s
+               AND objid = %(lock_object)s AND objsubid = 2 AND granted)
+
+-- name: snapshot_progress_access
+-- Whether cdc.snapshot_progress exists, and whether this role may read and write it.
+SELECT to_regclass('cdc.snapshot_progress') IS NOT NULL,
+       to_regclass('cdc.snapshot_progress') IS NOT NULL
+       AND has_table_privilege('cdc.snapshot_progress', 'SELECT, INSERT, UPDATE, DELETE')
+
+-- name: snapshot_page
+-- A snapshot page enqueued: how far its table (and op) got, in the page's transaction.
+INSERT INTO cdc.snapshot_progress (relid, op, mode, last_key, last_pos, keys)
+VALUES (%(relid)s, %(op)s, %(mode)s, %(last_key)s, %(pos)s, %(keys)s)
+ON CONFLICT (relid, op) DO UPDATE SET last_key = excluded.last_key, last_pos = excluded.last_pos,
+    keys = cdc.snapshot_progress.keys + excluded.keys, mode = excluded.mode, updated_at = now()
+
+-- name: snapshot_table_done
+-- Every key of a table (and op) is enqueued.
+INSERT INTO cdc.snapshot_progress (relid, op, mode, done) VALUES (%(relid)s, %(op)s, %(mode)s, true)
+ON CONFLICT (relid, op) DO UPDATE SET done = true, mode = excluded.mode, updated_at = now()
+
+-- name: snapshot_steps
+-- The recorded progress of some (relid, op) pairs.
+SELECT relid::int, op::text, mode, last_key, last_pos, keys, done, started_at
+FROM cdc.snapshot_progress
+WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%(relids)s::int[], %(ops)s::text[]))
+
+-- name: forget_snapshot_steps
+-- A snapshot finished, or starts over: its records go.
+DELETE FROM cdc.snapshot_progress
+WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%(relids)s::int[], %(ops)s::text[]))

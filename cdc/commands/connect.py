@@ -4,18 +4,14 @@ check that capture is installed."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from cdc import capture, mongo
+from cdc import mongo
 from cdc.apply import Applier
+from cdc.capture import require_installed as require_capture
 from cdc.config import Settings
-from cdc.errors import ConfigError
+
+__all__ = ["applier", "require_capture"]
 
 
 def applier(settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Applier:
     return Applier(mongo.client(settings.mongo_uri())[settings.mongo_db], on_retry=on_retry)
-
-
-def require_capture(conn: Any) -> None:
-    if not capture.is_installed(conn):
-        raise ConfigError("capture is not installed: run `cdc install` first")

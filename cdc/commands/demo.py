@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from pymongo.database import Database
 
-from cdc import capture, export, ledger, mapping, mongo, pg, snapshot, sqlfiles
+from cdc import capture, export, ledger, mapping, mongo, pg, sqlfiles
 from cdc.apply import Applier
 from cdc.commands.options import data_dir_option, metrics_options_defaulting_to
-from cdc.commands.schema import print_report
-from cdc.commands.verify import verify_tables
 from cdc.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_MONGO_DB,
@@ -30,8 +28,10 @@ from cdc.demo import dql_mongo, orininu
 from cdc.demo.latency import LatencyProbe
 from cdc.devtools.stack import Stack
 from cdc.errors import CheckFailed, ConfigError, UsageError
-from cdc.progress import track
+from cdc.mapping import Collection
 from cdc.redact import redact, register_secret, secrets_in
+from cdc.usecases import repair
+from cdc.usecases.snapshot import Snapshot
 from cdc.worker import Worker
 from generator import load
 from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale
@@ -322,19 +322,13 @@ def _prepare(dsn: str, counts: Counts, scale: str, mapping_file: tuple[str, str]
 
 def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, metrics: Metrics | None) -> None:
     started = time.perf_counter()
-    with pg.connect(dsn) as conn, track("enqueue", unit="keys", scale=True, logger=log) as progress:
-        keys, fast = snapshot.prepare_targets(conn, database, snapshot.targets(conn, None), progress)
-    worker = Worker(
+    Snapshot(
         dsn,
-        Applier(database, on_retry=metrics.retried if metrics is not None else None),
         settings.archive_dir,
-        batch_size=snapshot.BATCH_SIZE,
+        Applier(database, on_retry=metrics.retried if metrics is not None else None),
         metrics=metrics,
         batch_log_level=logging.DEBUG,  # a progress line instead (each batch with -v)
-        fast_insert=fast,
-    )
-    with track("apply", total=keys, unit="keys", scale=True, logger=log) as progress:
-        worker.sync_once(progress=progress)
+    ).run()
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
 
 
@@ -396,13 +390,14 @@ APPLIED_VS_MADE = (
 
 def _verify(dsn: str, database: Database[Any], probe: LatencyProbe) -> None:
     with export.drain_connection(dsn) as conn:
-        chosen = [target.mapped or target.table for target in snapshot.targets(conn, None)]
-        diffs = verify_tables(conn, database, chosen)
+        chosen = repair.chosen(conn, None)
+        diffs = repair.verify_tables(conn, database, chosen)
         report = orininu.check(conn)
         questions = (
-            dql_mongo.document_questions(conn, database) if any(t.mapped for t in snapshot.targets(conn, None)) else []
+            dql_mongo.document_questions(conn, database) if any(isinstance(item, Collection) for item in chosen) else []
         )
-    print_report(report)
+    for line in report.lines():
+        click.echo(line)
     for question in questions:
         click.echo(f"on the documents: {question.name:<28} {'same answer as SQL' if question.equal else 'DIFFERS'}")
         if not question.equal:

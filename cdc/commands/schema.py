@@ -25,24 +25,14 @@ def apply(settings: Settings) -> None:
     click.echo("schema applied: " + ", ".join(orininu.TABLES))
 
 
-def print_report(report: orininu.CheckReport) -> None:
-    for result in report.results:
-        if result.kind == "check":
-            verdict = "ok" if not result.problems else f"FAILED ({result.problems} rows)"
-            click.echo(f"check  {result.name:<32} {verdict}")
-        else:
-            click.echo(f"report {result.name}: " + ", ".join(result.columns))
-            for row in result.rows:
-                click.echo("         " + " | ".join(str(value) for value in row))
-
-
 @schema.command()
 @settings_options
 def check(settings: Settings) -> None:
     """Run the validation queries (schema/DQL.sql); exit 1 when a check finds orphans."""
     with pg.connect(settings.pg_dsn()) as conn:
         report = orininu.check(conn)
-    print_report(report)
+    for line in report.lines():
+        click.echo(line)
     if report.failed:
         names = ", ".join(f"{result.name} ({result.problems})" for result in report.failed)
         raise CheckFailed(f"schema check failed: {names}")

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
-from typing import Any
 
 import click
 
-from cdc import ledger, pg, snapshot
-from cdc.apply import Applier
+from cdc import snapshot
 from cdc.commands.connect import applier as _applier
-from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
 from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError, Interrupted
-from cdc.progress import track
+from cdc.errors import Interrupted
 from cdc.prune import describe_ids
-from cdc.worker import Worker
-
-log = logging.getLogger(__name__)
+from cdc.usecases.snapshot import Snapshot, StopRequest
 
 
 @click.command(name="snapshot")
@@ -71,143 +64,46 @@ def snapshot_command(
     is running). No indexes are created.
     """
     names = [name.strip() for name in collection_list.split(",")] if collection_list else None
-    mode = "export" if export_only else "apply"
-    stop = snapshot.StopRequest().install()
-    dsn = settings.pg_dsn()
-    chosen: list[snapshot.Target] = []
+    stop = StopRequest().install()
+    run = Snapshot(
+        settings.pg_dsn(),
+        settings.archive_dir,
+        None if export_only else _applier(settings),
+        batch_size=batch_size,
+        stop=stop.event,
+        notice=lambda line: click.echo(line, err=True),
+    )
     try:
-        applier = None if export_only else _applier(settings)
-        with pg.connect(dsn) as conn:
-            _require_capture(conn)
-            if export_only and snapshot.worker_running(conn):
-                raise ConfigError(
-                    "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"
-                    " without --export-only"
-                )
-            chosen = snapshot.targets(conn, names)
-            total, fast = _snapshot_enqueue(conn, applier, chosen, mode=mode, restart=restart, stop=stop)
-        if applier is None:
-            _snapshot_export(dsn, settings, chosen, batch_size, stop)
-        else:
-            _snapshot_apply(dsn, settings, applier, chosen, total=total, fast=fast, batch_size=batch_size, stop=stop)
+        outcome = run.run(names, restart=restart)
     except (Interrupted, KeyboardInterrupt):
-        _snapshot_interrupted(dsn, chosen, mode, collection_list)
+        _interrupted(run, collection_list)
         raise click.exceptions.Exit(stop.exit_code) from None
-
-
-def _snapshot_enqueue(
-    conn: Any,
-    applier: Applier | None,
-    chosen: list[snapshot.Target],
-    *,
-    mode: str,
-    restart: bool,
-    stop: snapshot.StopRequest,
-) -> tuple[int, set[str]]:
-    """Enqueue the snapshot's keys, continuing an interrupted snapshot of the same kind."""
-    plan = None
-    why_not = snapshot.can_record(conn)
-    if why_not is not None:
-        log.warning("this snapshot cannot resume if it is interrupted: %s", why_not)
+    if outcome.exported is not None:
+        exported = outcome.exported
+        span = f" ({describe_ids(exported.batches)})" if exported.batches else ""
+        click.echo(
+            f"snapshot: {exported.changes} changes of {outcome.collections} collections exported in "
+            f"{len(exported.batches)} batches{span} to {settings.archive_dir} ({exported.rejected} rejected), not"
+            " applied: load them with `cdc archive mongoimport-commands`"
+        )
+    elif outcome.handed_over:
+        click.echo(f"enqueued {outcome.keys} keys; a running worker holds the lock and will apply them")
     else:
-        plan = snapshot.plan_resume(conn, chosen, mode, restart=restart)
-        for line in plan.restarted:
-            log.warning("%s", line)
-        if plan.resuming:
-            since = min(step.started_at for step in plan.resumed.values())
-            finished = sum(1 for step in plan.resumed.values() if step.done)
-            click.echo(
-                f"continuing the snapshot interrupted since {since:%Y-%m-%d %H:%M:%S} ({finished} of "
-                f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)",
-                err=True,
-            )
-    with track("enqueue", unit="keys", scale=True, logger=log) as progress:
-        return snapshot.prepare_targets(
-            conn, applier.database if applier else None, chosen, progress, plan=plan, stop=stop.event
+        click.echo(
+            f"snapshot: {outcome.keys} rows of {outcome.collections} collections enqueued, {outcome.applied} batches"
+            f" applied ({outcome.rejected} rejected)"
         )
 
 
-def _snapshot_stopped(stop: snapshot.StopRequest) -> None:
-    if stop.event.is_set():
-        raise Interrupted()
-
-
-def _snapshot_export(
-    dsn: str, settings: Settings, chosen: list[snapshot.Target], batch_size: int, stop: snapshot.StopRequest
-) -> None:
-    """--export-only: drain what was enqueued into archive batches (``export`` mode), no MongoDB."""
-    with pg.connect(dsn) as conn:
-        waiting = ledger.backlog(conn).outbox_changes
-    with track("export", total=waiting, unit="keys", scale=True, logger=log) as progress:
-        exported = snapshot.export_enqueued(
-            dsn, settings.archive_dir, batch_size=batch_size, stop=stop.event, progress=progress
-        )
-    _snapshot_stopped(stop)
-    with pg.connect(dsn) as conn:
-        snapshot.forget(conn, chosen)
-    span = f" ({describe_ids(exported.batches)})" if exported.batches else ""
-    click.echo(
-        f"snapshot: {exported.changes} changes of {len(chosen)} collections exported in "
-        f"{len(exported.batches)} batches{span} to {settings.archive_dir} ({exported.rejected} rejected), not"
-        " applied: load them with `cdc archive mongoimport-commands`"
-    )
-
-
-def _snapshot_apply(
-    dsn: str,
-    settings: Settings,
-    applier: Applier,
-    chosen: list[snapshot.Target],
-    *,
-    total: int,
-    fast: set[str],
-    batch_size: int,
-    stop: snapshot.StopRequest,
-) -> None:
-    """Apply what was enqueued (and what an interrupted snapshot left) up to the outbox head now."""
-    worker = Worker(dsn, applier, settings.archive_dir, batch_size=batch_size, stop=stop.event, fast_insert=fast)
-    if not worker.acquire(wait=False):
-        with pg.connect(dsn) as conn:
-            snapshot.forget(conn, chosen)  # every key is enqueued: the running worker finishes it
-        click.echo(f"enqueued {total} keys; a running worker holds the lock and will apply them")
-        return
-    try:
-        with pg.connect(dsn) as conn:
-            head = ledger.outbox_head(conn)
-            waiting = ledger.backlog(conn).changes
-        with track("apply", total=waiting, unit="keys", scale=True, logger=log) as progress:
-            worker.progress = progress
-            pending = ledger.pending_batches(worker.conn)
-            worker.conn.commit()
-            for batch_id in pending:  # what an interrupted snapshot left
-                _snapshot_stopped(stop)
-                worker.apply_batch(batch_id)
-            worker.cycle(up_to=head)
-    finally:
-        worker.release()
-    _snapshot_stopped(stop)
-    with pg.connect(dsn) as conn:
-        snapshot.forget(conn, chosen)
-    click.echo(
-        f"snapshot: {total} rows of {len(chosen)} collections enqueued, {worker.stats.batches} batches applied "
-        f"({worker.stats.rejected} rejected)"
-    )
-
-
-def _snapshot_interrupted(dsn: str, chosen: list[snapshot.Target], mode: str, collection_list: str | None) -> None:
+def _interrupted(run: Snapshot, collection_list: str | None) -> None:
     """Two lines: what an interrupted snapshot leaves, and what to run."""
-    try:
-        with pg.connect(dsn, connect_timeout=10) as conn:
-            left = snapshot.describe_left(conn, chosen, mode)
-    except CdcError as exc:
-        left = f"what is left could not be read ({exc})"
     again = ["cdc", "snapshot"]
     if collection_list:
         again += ["--collections", shlex.quote(collection_list)]
-    if mode == "export":
+    if run.mode == "export":
         again.append("--export-only")
-    finish = "`cdc export --once` archives" if mode == "export" else "`cdc run --once` applies"
-    click.echo(f"cdc: snapshot interrupted: {left}", err=True)
+    finish = "`cdc export --once` archives" if run.mode == "export" else "`cdc run --once` applies"
+    click.echo(f"cdc: snapshot interrupted: {run.left()}", err=True)
     click.echo(
         f"cdc: run `{' '.join(again)}` to continue it (it skips what was enqueued), or {finish} what was enqueued",
         err=True,

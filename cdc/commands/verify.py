@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from typing import Any
 
 import click
 import orjson
 
-from cdc import export, hierarchy, ledger, mongo, snapshot, verify
+from cdc import export
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
 from cdc.config import Settings
 from cdc.demo import dql_mongo
 from cdc.errors import CheckFailed
-from cdc.mapping import Collection
-from cdc.progress import track
 from cdc.tables import TableInfo
-from cdc.worker import Worker
-
-log = logging.getLogger(__name__)
+from cdc.usecases import repair as usecase
 
 
 @click.command(name="verify")
@@ -37,20 +31,17 @@ def verify_command(settings: Settings, as_json: bool, repair: bool, table_list: 
     archive + applier path; extra documents are deleted with a guard on their position.
     """
     dsn = settings.pg_dsn()
-    database = mongo.client(settings.mongo_uri())[settings.mongo_db]
+    applier = _applier(settings)
+    database = applier.database
     with export.drain_connection(dsn) as conn:
         _require_capture(conn)
         names = [name.strip() for name in table_list.split(",")] if table_list else None
-        chosen = [target.mapped or target.table for target in snapshot.targets(conn, names)]
-        diffs = verify_tables(conn, database, chosen)
+        chosen = usecase.chosen(conn, names)
+        diffs = usecase.verify_tables(conn, database, chosen)
         if repair and not all(diff.clean for diff in diffs):
-            _repair(settings, conn, database, chosen, diffs)
-            diffs = verify_tables(conn, database, chosen, step="verify again")
-        for item, diff in zip(chosen, diffs, strict=True):
-            if diff.clean:  # what was left of dropped partitions or children is gone
-                for relid in [item.relid] if isinstance(item, TableInfo) else [n.table.relid for n in item.nodes()]:
-                    hierarchy.clear_dropped(conn, relid)
-        conn.commit()
+            usecase.repair(conn, applier, chosen, diffs, dsn=dsn, archive_dir=settings.archive_dir)
+            diffs = usecase.verify_tables(conn, database, chosen, step="verify again")
+        usecase.clear_dropped(conn, chosen, diffs)
         # the Orininu validation queries, answered on both sides, when the database is the demo's
         # only over table mirrors: the pipelines read the songs and user_interaction collections as tables
         mirrors = [item for item in chosen if isinstance(item, TableInfo)]
@@ -94,33 +85,3 @@ def _print_report(summaries: list[dict[str, Any]], queries: list[dql_mongo.DqlCo
         if not query.equal:
             click.echo(f"    postgresql: {query.postgres}")
             click.echo(f"    mongodb:    {query.mongodb}")
-
-
-def verify_tables(
-    conn: Any, database: Any, chosen: Sequence[TableInfo | Collection], *, step: str = "verify"
-) -> list[verify.TableDiff]:
-    """``verify.verify`` one table (or mapped collection) at a time, with progress in rows compared."""
-    diffs = []
-    with track(step, unit="rows", scale=True, logger=log) as progress:
-        for item in chosen:
-            progress.note(item.name if isinstance(item, Collection) else item.display)
-            diffs += verify.verify(conn, database, [item], progress=progress.update)
-    return diffs
-
-
-def _repair(settings: Settings, conn: Any, database: Any, chosen: list[Any], diffs: list[verify.TableDiff]) -> None:
-    for item, diff in zip(chosen, diffs, strict=True):
-        # a mapped collection's roots are refreshed (op 'r'): each document read whole again
-        relid, op, name = (
-            (item.root.table.relid, "r", item.name)
-            if isinstance(item, Collection)
-            else (item.relid, "k", item.collection)
-        )
-        if diff.repair_keys:
-            ledger.enqueue_keys(conn, relid, diff.repair_keys, op)
-        for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
-            # guarded by the position verify saw: a document the worker rewrote since then stays
-            database[name].delete_one({"_id": key, "_cdc": seen})
-    conn.commit()
-    worker = Worker(settings.pg_dsn(), _applier(settings), settings.archive_dir)
-    worker.sync_once(wait=True)

@@ -38,6 +38,18 @@ class CheckReport:
     def failed(self) -> tuple[QueryResult, ...]:
         return tuple(result for result in self.results if result.problems)
 
+    def lines(self) -> list[str]:
+        """The report as `cdc schema check` and the demo print it: a verdict per check, rows per report."""
+        lines = []
+        for result in self.results:
+            if result.kind == "check":
+                verdict = "ok" if not result.problems else f"FAILED ({result.problems} rows)"
+                lines.append(f"check  {result.name:<32} {verdict}")
+            else:
+                lines.append(f"report {result.name}: " + ", ".join(result.columns))
+                lines += ["         " + " | ".join(str(value) for value in row) for row in result.rows]
+        return lines
+
 
 def apply(conn: psycopg.Connection[Any]) -> None:
     """Create the Orininu types, tables and indexes; idempotent."""

@@ -34,6 +34,7 @@ from cdc.devtools.bench import capture_cost, documents
 from cdc.errors import CheckFailed
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
+from cdc.usecases.sync import sync_once
 from cdc.worker import Worker
 
 TABLE = capture_cost.TABLE
@@ -142,10 +143,11 @@ def _final_documents(dsn: str) -> list[dict[str, Any]]:
 
 
 def _snapshot(dsn: str, worker: Worker) -> None:
-    """What `cdc snapshot` does for the bench table: enqueue every key, then one worker cycle."""
+    """What `cdc snapshot` does for the bench table: enqueue every key, then one pass of the worker,
+    into an empty collection (the insert path)."""
     with pg.connect(dsn) as conn:
         snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
-    worker.sync_once()
+    sync_once(worker, fast_insert={TABLE})
 
 
 def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
@@ -170,7 +172,6 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
                 Applier(client["cdc_bench_snapshot"]),
                 folder / f"snap{round_}",
                 batch_size=snapshot.BATCH_SIZE,
-                fast_insert={TABLE},
             )
             snapshot_times.append(_timed(functools.partial(_snapshot, dsn, snap_worker)))
             raw_insert = Applier(client["cdc_bench_raw_insert"]).collection(TABLE)
@@ -262,12 +263,10 @@ def incremental_vs_full(dsn: str, mongo_uri: str, rows: int) -> Report:
             _fresh_table(conn, rows)
         database = client["cdc_bench_incremental"]
         worker = Worker(dsn, Applier(database), folder)
-        worker.fast_insert = {TABLE}
         with pg.connect(dsn) as conn:
             snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
         worker.acquire()
-        worker.cycle()
-        worker.fast_insert = set()  # the collection is full now: changes are guarded upserts
+        worker.cycle(fast_insert={TABLE})  # then the collection is full: changes are guarded upserts
         incremental_times = []
         for _ in range(ROUNDS + 1):  # a cycle is short: one round more
             with pg.connect(dsn) as conn:
@@ -312,13 +311,7 @@ def notify_latency(dsn: str, mongo_uri: str, seconds: float = 8.0) -> Report:
         with pg.connect(dsn) as conn:  # the starting documents, so probes find their document
             snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
         worker = Worker(dsn, Applier(database), folder, stop=stop)
-        worker.fast_insert = {TABLE}
-        worker.acquire()  # apply the starting documents before any probe is timed
-        try:
-            worker.cycle()
-        finally:
-            worker.release()
-        worker.fast_insert = set()
+        sync_once(worker, fast_insert={TABLE})  # the starting documents, before any probe is timed
         thread = threading.Thread(target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True)
         thread.start()
         time.sleep(1)

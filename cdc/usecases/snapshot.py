@@ -1,0 +1,217 @@
+"""`cdc snapshot`'s use case, shared with the demo: enqueue every key of the chosen collections
+(continuing an interrupted snapshot of the same kind), then apply them with a worker, or with
+``export_only`` drain them into archive batches for ``mongoimport``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from cdc import capture, export, ledger, pg, shutdown, snapshot, snapshot_resume
+from cdc.apply import Applier
+from cdc.errors import CdcError, ConfigError, Interrupted
+from cdc.progress import Progress, track
+from cdc.snapshot import Target
+from cdc.worker import Worker
+
+if TYPE_CHECKING:
+    from cdc.metrics import Metrics
+
+# its progress lines keep the command's logger name, what users filter on
+log = logging.getLogger("cdc.commands.snapshot")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during a snapshot: the first asks it to stop after the current page or batch,
+    a second stops it at once (``KeyboardInterrupt``; nothing is lost either way)."""
+
+    def __init__(self) -> None:
+        self.event = shutdown.REQUESTED
+        self.signum: int | None = None
+
+    def install(self) -> StopRequest:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        os.write(2, b"cdc: stopping the snapshot after the current page or batch (again to stop at once)\n")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+@dataclass
+class Exported:
+    batches: list[int] = field(default_factory=list)
+    changes: int = 0
+    rejected: int = 0
+
+
+def export_enqueued(
+    dsn: str, archive_dir: Path, *, batch_size: int, stop: threading.Event, progress: Progress | None = None
+) -> Exported:
+    """Drain the outbox, up to its head now, into archive batches in ``export`` mode (``cdc export``'s
+    way: no MongoDB). Stops between batches when ``stop`` is set."""
+    result = Exported()
+    conn = export.drain_connection(dsn)
+    try:
+        export.recover_partials(conn, archive_dir)
+        head = ledger.outbox_head(conn)
+        conn.commit()
+        while not stop.is_set():
+            batch = export.export_batch(conn, archive_dir, batch_size=batch_size, up_to=head)
+            if batch is None:
+                break
+            result.batches.append(batch.batch_id)
+            result.changes += batch.changes
+            result.rejected += batch.rejected
+            if progress is not None:
+                progress.update(batch.changes)
+    finally:
+        conn.close()
+    return result
+
+
+@dataclass
+class Outcome:
+    """What a snapshot did: keys enqueued into ``collections``; then either applied in ``applied``
+    batches, handed to the running worker (``handed_over``), or exported (``exported``)."""
+
+    collections: int
+    keys: int
+    applied: int = 0
+    rejected: int = 0
+    handed_over: bool = False
+    exported: Exported | None = None
+
+
+class Snapshot:
+    """One snapshot run. ``applier`` None: export only (no MongoDB). ``notice`` gets the lines meant
+    for the user while it runs (a continued snapshot); ``metrics`` and ``batch_log_level`` go to its
+    worker."""
+
+    def __init__(
+        self,
+        dsn: str,
+        archive_dir: Path,
+        applier: Applier | None,
+        *,
+        batch_size: int = snapshot.BATCH_SIZE,
+        stop: threading.Event | None = None,
+        notice: Callable[[str], None] = lambda _line: None,
+        metrics: Metrics | None = None,
+        batch_log_level: int = logging.INFO,
+    ) -> None:
+        self.dsn = dsn
+        self.archive_dir = archive_dir
+        self.applier = applier
+        self.batch_size = batch_size
+        self.stop = stop or threading.Event()
+        self.notice = notice
+        self.metrics = metrics
+        self.batch_log_level = batch_log_level
+        self.mode = "export" if applier is None else "apply"
+        self.chosen: list[Target] = []  # known once ``run`` has read the catalog
+
+    def run(self, names: Sequence[str] | None = None, *, restart: bool = False) -> Outcome:
+        """Raises ``Interrupted`` when stopped between pages or batches (``left`` says what is left)."""
+        with pg.connect(self.dsn) as conn:
+            capture.require_installed(conn)
+            if self.applier is None and ledger.worker_running(conn):
+                raise ConfigError(
+                    "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"
+                    " without --export-only"
+                )
+            conn.commit()
+            self.chosen = snapshot.targets(conn, names)
+            keys, fast = self._enqueue(conn, restart=restart)
+        outcome = Outcome(len(self.chosen), keys)
+        if self.applier is None:
+            outcome.exported = self._export()
+        else:
+            self._apply(self.applier, outcome, fast)
+        if not outcome.handed_over:
+            self._stopped()
+        with pg.connect(self.dsn) as conn:
+            snapshot_resume.forget(conn, self.chosen)  # done, or every key enqueued for the running worker
+        return outcome
+
+    def left(self) -> str:
+        """What an interrupted snapshot leaves (one line)."""
+        try:
+            with pg.connect(self.dsn, connect_timeout=10) as conn:
+                return snapshot_resume.describe_left(conn, self.chosen, self.mode)
+        except CdcError as exc:
+            return f"what is left could not be read ({exc})"
+
+    def _stopped(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
+
+    def _enqueue(self, conn: psycopg.Connection[Any], *, restart: bool) -> tuple[int, set[str]]:
+        """Enqueue the snapshot's keys, continuing an interrupted snapshot of the same kind."""
+        plan = None
+        why_not = snapshot_resume.can_record(conn)
+        if why_not is not None:
+            log.warning("this snapshot cannot resume if it is interrupted: %s", why_not)
+        else:
+            plan = snapshot_resume.plan_resume(conn, self.chosen, self.mode, restart=restart)
+            for line in plan.restarted:
+                log.warning("%s", line)
+            if plan.resuming:
+                since = min(step.started_at for step in plan.resumed.values())
+                finished = sum(1 for step in plan.resumed.values() if step.done)
+                self.notice(
+                    f"continuing the snapshot interrupted since {since:%Y-%m-%d %H:%M:%S} ({finished} of "
+                    f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)"
+                )
+        database = self.applier.database if self.applier is not None else None
+        with track("enqueue", unit="keys", scale=True, logger=log) as progress:
+            return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
+
+    def _export(self) -> Exported:
+        """--export-only: drain what was enqueued into archive batches (``export`` mode), no MongoDB."""
+        with pg.connect(self.dsn) as conn:
+            waiting = ledger.backlog(conn).outbox_changes
+        with track("export", total=waiting, unit="keys", scale=True, logger=log) as progress:
+            return export_enqueued(
+                self.dsn, self.archive_dir, batch_size=self.batch_size, stop=self.stop, progress=progress
+            )
+
+    def _apply(self, applier: Applier, outcome: Outcome, fast: set[str]) -> None:
+        """Apply what was enqueued (and what an interrupted snapshot left) up to the outbox head now;
+        when a running worker holds the lock, leave it to that worker."""
+        worker = Worker(
+            self.dsn,
+            applier,
+            self.archive_dir,
+            batch_size=self.batch_size,
+            stop=self.stop,
+            metrics=self.metrics,
+            batch_log_level=self.batch_log_level,
+        )
+        if not worker.acquire(wait=False):
+            outcome.handed_over = True
+            return
+        try:
+            with pg.connect(self.dsn) as conn:
+                waiting = ledger.backlog(conn).changes
+            with track("apply", total=waiting, unit="keys", scale=True, logger=log) as progress:
+                worker.cycle_to_head(fast_insert=fast, progress=progress)
+        finally:
+            worker.release()
+        outcome.applied, outcome.rejected = worker.stats.batches, worker.stats.rejected

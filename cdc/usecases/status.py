@@ -1,0 +1,134 @@
+"""`cdc status`'s use case: what PostgreSQL and MongoDB say of the pipeline, and what is wrong.
+
+``read`` needs PostgreSQL only: a server that is down is part of the report, with why."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdc import capture, hierarchy, ledger, mongo, pg
+from cdc.apply import APPLIED_COLLECTION
+from cdc.config import Settings
+from cdc.errors import CdcError, ConfigError, PostgresUnavailable, ServerDown, UsageError
+
+
+@dataclass
+class Report:
+    """``fields``: what `cdc status` prints, in order; ``down``: why a configured server is down."""
+
+    fields: dict[str, Any]
+    down: list[str] = field(default_factory=list)
+
+    def problems(self, *, max_backlog: int | None = None, max_lag: float | None = None) -> list[str]:
+        """What makes `cdc status` exit 1: a server down, lost triggers, partitions out of step, or a
+        backlog or lag past its threshold."""
+        report = self.fields
+        problems = list(self.down)
+        if report.get("tables_missing_triggers"):
+            problems.append("captured tables lost their triggers: " + ", ".join(report["tables_missing_triggers"]))
+        problems.extend(report.get("hierarchy_problems", []))
+        if max_backlog is not None and report.get("backlog_changes", 0) > max_backlog:
+            problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
+        if max_lag is not None and report.get("oldest_change_age_s", 0) > max_lag:
+            at_least = "at least " if report["oldest_change_age_is_lower_bound"] else ""
+            problems.append(f"lag {at_least}{report['oldest_change_age_s']:.1f}s > {max_lag}s")
+        return problems
+
+
+def read(settings: Settings) -> Report:
+    """Both servers' state and what they know, with the time of the check."""
+    fields, pg_down = _source_status(settings)
+    target, target_down = _target_status(settings)
+    fields.update(target)
+    fields["checked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    return Report(fields, [down for down in (pg_down, target_down) if down])
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, dt.datetime) else None
+
+
+def _seconds(value: Any) -> float | None:
+    """An age in seconds (PostgreSQL's ``extract(epoch …)`` is a numeric), to the millisecond."""
+    return round(float(value), 3) if value is not None else None
+
+
+def _ledger_status(conn: Any) -> dict[str, Any]:
+    """What PostgreSQL knows: the backlog, the ledger's last batches, the worker, the captured tables."""
+    waiting = ledger.backlog(conn)
+    row = ledger.last_batches(conn)
+    tables_state = capture.captured_tables(conn)
+    return {
+        "backlog_changes": waiting.changes,
+        "outbox_statements": waiting.outbox_statements,
+        "outbox_changes": waiting.outbox_changes,
+        "unapplied_batches": waiting.batches,
+        "unapplied_batch_changes": waiting.batch_changes,
+        "oldest_change_age_s": round(waiting.oldest_age_s, 3),
+        "oldest_change_age_is_lower_bound": waiting.age_is_lower_bound,
+        "last_exported_batch": row[0],
+        "last_exported_mode": row[1],
+        "last_exported_at": _iso(row[2]),
+        "last_exported_age_s": _seconds(row[3]),
+        "last_applied_batch": row[4],
+        "last_applied_at": _iso(row[5]),
+        "last_applied_age_s": _seconds(row[6]),
+        "worker_running": bool(row[7]),
+        "tables": len(tables_state),
+        "tables_missing_triggers": [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy],
+        # partitions or children out of step with capture, dropped members: each with what to run
+        "hierarchy_problems": hierarchy.problems(conn),
+    }
+
+
+def _source_status(settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """PostgreSQL's state and what it knows; the second item says why it is down or not configured."""
+    try:
+        dsn = settings.pg_dsn()
+    except ServerDown as exc:
+        return {"postgresql": "down"}, str(exc)
+    except UsageError:
+        raise
+    except ConfigError as exc:
+        return {"postgresql": "not configured"}, str(exc)
+    try:
+        with pg.connect(dsn, connect_timeout=10) as conn:
+            capture.require_installed(conn)
+            return {"postgresql": "up", **_ledger_status(conn)}, None
+    except PostgresUnavailable as exc:
+        return {"postgresql": "down"}, str(exc)
+
+
+def _target_status(settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """MongoDB's state and its own record of applied batches (`cdc replay` writes only there); the
+    second item says why a configured MongoDB is down."""
+    try:
+        uri = settings.mongo_uri()
+    except ServerDown as exc:
+        return {"mongodb": "down"}, str(exc)
+    except ConfigError:
+        return {"mongodb": "not configured"}, None
+    try:
+        client = mongo.client(uri, timeout_ms=3_000)
+    except CdcError as exc:
+        return {"mongodb": "down"}, str(exc)
+    try:
+        with mongo.translated("reading the target's record of applied batches"):
+            last = client[settings.mongo_db][APPLIED_COLLECTION].find_one({}, sort=[("_id", -1)])
+    except CdcError as exc:
+        return {"mongodb": "down"}, str(exc)
+    finally:
+        client.close()
+    applied_at = last.get("applied_at") if last else None
+    return {
+        "mongodb": "up",
+        "target_last_applied_batch": int(last["_id"]) if last else None,
+        "target_last_applied_at": _iso(applied_at),
+        "target_last_applied_age_s": (
+            _seconds((dt.datetime.now(dt.UTC) - applied_at).total_seconds())
+            if isinstance(applied_at, dt.datetime)
+            else None
+        ),
+    }, None
