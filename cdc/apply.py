@@ -78,18 +78,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, pymongo.errors.PyMongoError) and exc.has_error_label("RetryableWriteError")
 
 
-def _max_attempts(stop: object) -> int | None:
+def max_attempts(stop: object) -> int | None:
     """The attempt limit of a tenacity stop condition (``stop_after_attempt``, maybe inside an ``|``)."""
     if isinstance(stop, stop_after_attempt):
         return stop.max_attempt_number
-    limits = [limit for inner in getattr(stop, "stops", ()) if (limit := _max_attempts(inner)) is not None]
+    limits = [limit for inner in getattr(stop, "stops", ()) if (limit := max_attempts(inner)) is not None]
     return min(limits) if limits else None
 
 
 def _log_retry(state: RetryCallState) -> None:
     """One line per retry: ``retry 3/12`` is the third failed attempt of at most 12."""
     exc = state.outcome.exception() if state.outcome else None
-    limit = _max_attempts(state.retry_object.stop)
+    limit = max_attempts(state.retry_object.stop)
     log.warning(
         "MongoDB write failed (%s); retry %d/%s",
         describe(exc) if isinstance(exc, pymongo.errors.PyMongoError) else exc,

@@ -67,6 +67,24 @@ def drain_connection(dsn: str) -> psycopg.Connection[Any]:
     return conn
 
 
+class DrainSession:
+    """A ``drain_connection`` made on first use, and made again once it was closed or broke."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = drain_connection(self.dsn)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+
 def _claim(
     conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str, fence: Fence | None = None
 ) -> tuple[int, list[int]] | None:

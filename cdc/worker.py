@@ -77,8 +77,8 @@ class Worker:
         self._progress: Progress | None = None
         self.lock = lock or WorkerLock(dsn, self.stop)
         self.batches: Batches = batches or PgBatches(lambda: self.conn)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._export_conn: psycopg.Connection[Any] | None = None
+        self._session = export.DrainSession(dsn)  # the claims and the applier's ledger writes
+        self._export_session = export.DrainSession(dsn)  # the exporter thread's, behind a backlog
         self.wakeup = Wakeup(dsn, self.stop)
         self.partitions = hierarchy.Watch(dsn)
 
@@ -95,17 +95,14 @@ class Worker:
 
     def release(self) -> None:
         self.partitions.close()
-        for conn in (self._conn, self._export_conn):
-            if conn is not None and not conn.closed:
-                conn.close()
-        self._conn = self._export_conn = None
+        self._session.close()
+        self._export_session.close()
         self.lock.release()
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = export.drain_connection(self.dsn)
-        return self._conn
+        """The worker's REPEATABLE READ connection, made again after it broke."""
+        return self._session.get()
 
     # ---- one batch ----------------------------------------------------------------------------
     def _load_or_reexport(self, batch_id: int) -> archive.Batch:
@@ -254,9 +251,7 @@ class Worker:
     @property
     def export_conn(self) -> psycopg.Connection[Any]:
         """The exporter's own connection (REPEATABLE READ, like ``conn``)."""
-        if self._export_conn is None or self._export_conn.closed or self._export_conn.broken:
-            self._export_conn = export.drain_connection(self.dsn)
-        return self._export_conn
+        return self._export_session.get()
 
     def apply_in_order(self, batch_id: int) -> int:
         """Apply ``batch_id``, after any pending batch with a smaller id (one another worker claimed
@@ -313,10 +308,8 @@ class Worker:
 
         Raises ``PostgresUnavailable`` while PostgreSQL cannot be reached: the caller counts that as
         one more failed attempt and backs off (no log line of its own)."""
-        for conn in (self._conn, self._export_conn):
-            if conn is not None:
-                conn.close()
-        self._conn = self._export_conn = None
+        self._session.close()
+        self._export_session.close()
         try:
             self.check_lock()
         except LockLost:

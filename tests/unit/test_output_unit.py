@@ -114,8 +114,8 @@ def test_retry_lines_say_the_attempt_of_the_maximum(logged: pytest.LogCaptureFix
 
 
 def test_the_attempt_limit_is_found_inside_a_combined_stop() -> None:
-    assert sink._max_attempts(stop_after_attempt(5) | stop_when_event_set(threading.Event())) == 5
-    assert sink._max_attempts(stop_when_event_set(threading.Event())) is None
+    assert sink.max_attempts(stop_after_attempt(5) | stop_when_event_set(threading.Event())) == 5
+    assert sink.max_attempts(stop_when_event_set(threading.Event())) is None
 
 
 def test_mongo_password_refusal_names_mongodb_options_not_pgpassfile() -> None:
