@@ -61,6 +61,9 @@ class ExportedBatch:
         return sum(counter.get("rejected", 0) for counter in self.counts.values())
 
 
+BATCH_SIZE = 50_000  # keys per batch unless told (`cdc run`, `cdc export`; a snapshot's are smaller)
+
+
 def drain_connection(dsn: str) -> psycopg.Connection[Any]:
     conn = pg.connect(dsn)
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -51,7 +51,7 @@ class Worker:
         applier: Applier,
         archive_dir: Path,
         *,
-        batch_size: int = 50_000,
+        batch_size: int = export.BATCH_SIZE,
         stop: threading.Event | None = None,
         metrics: Metrics | None = None,
         batch_log_level: int = logging.INFO,

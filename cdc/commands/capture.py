@@ -1,11 +1,13 @@
-"""`cdc install`, `cdc uninstall` and `cdc export`: the capture half of the pipeline."""
+"""`cdc install` and `cdc uninstall`: capture on the source tables."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import click
 
 from cdc import capture, mapping, pg, tables
-from cdc.commands.options import settings_options
+from cdc.commands.options import F, settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, UsageError
 
@@ -19,16 +21,22 @@ def _table_list(text: str | None) -> list[str] | None:
     return names
 
 
+def _tables_options(help_text: str) -> Callable[[F], F]:
+    """``--tables A,B`` (its help says what the command does with them) and ``--schema``."""
+
+    def decorate(func: F) -> F:
+        func = click.option("--schema", default="public", show_default=True, help="Schema of bare table names.")(func)
+        return click.option("--tables", "table_list", metavar="A,B", help=help_text)(func)
+
+    return decorate
+
+
 @click.command()
 @settings_options
-@click.option(
-    "--tables",
-    "table_list",
-    metavar="A,B",
-    help="Tables to capture: NAME, SCHEMA.NAME or SCHEMA.* (double-quote a name holding a dot or a comma-free"
-    " odd name) [default: every table with a primary key in --schema].",
+@_tables_options(
+    "Tables to capture: NAME, SCHEMA.NAME or SCHEMA.* (double-quote a name holding a dot or a comma-free"
+    " odd name) [default: every table with a primary key in --schema]."
 )
-@click.option("--schema", default="public", show_default=True, help="Schema of bare table names.")
 @click.option(
     "--notify/--no-notify",
     default=True,
@@ -128,13 +136,7 @@ def install(
 
 @click.command()
 @settings_options
-@click.option(
-    "--tables",
-    "table_list",
-    metavar="A,B",
-    help="Stop capturing only these tables (and their partitions and children); the outbox and ledger stay.",
-)
-@click.option("--schema", default="public", show_default=True, help="Schema of bare table names.")
+@_tables_options("Stop capturing only these tables (and their partitions and children); the outbox and ledger stay.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def uninstall(settings: Settings, table_list: str | None, schema: str, yes: bool) -> None:
     """Remove capture. With no --tables: every capture trigger, the outbox and the ledger (schema "cdc"),

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=50_000,
+    default=exporter.BATCH_SIZE,
     show_default=True,
     help="Keys per batch (one statement may hold many keys; a batch takes at least one statement).",
 )

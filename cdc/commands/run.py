@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cdc import mapping, pg, shutdown
+from cdc import export, mapping, pg, shutdown
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import metrics_options, settings_options
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
     is_flag=True,
     help="Drain up to the outbox position seen at start, then exit (exit 1 when a signal stops it first).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=50_000, show_default=True, help="Keys per batch.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=export.BATCH_SIZE, show_default=True, help="Keys per batch."
+)
 @metrics_options
 @click.option(
     "--metrics-textfile",

@@ -11,11 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,9 +24,7 @@ import pytest
 from cdc import archive, capture, pg
 from cdc import export as drain
 from cdc.archive import ArchiveWriteError, BatchWriter
-from cdc.devtools.stack import Stack
 from cdc.worker import Backoff
-from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env
 
 FAULT_SECONDS = 5  # how long a fault lasts once the first failure was logged
@@ -309,18 +305,6 @@ def test_export_fails_once_or_backs_off_on_an_unwritable_archive(cdc, env, tmp_p
         archive.read_batch(path)  # complete, checksums match
     assert _scalar(dsn, "SELECT count(*) FROM cdc.batches WHERE state <> 'exported'") == 0
     assert _scalar(dsn, "SELECT coalesce(sum(key_count), 0) FROM cdc.batches") >= waiting
-
-
-@pytest.fixture
-def own_stack():
-    if backend_kind() != "embedded":
-        pytest.skip("stops the embedded PostgreSQL server; other backends are not ours to stop")
-    folder = Path(tempfile.mkdtemp(prefix="cdc-pg-down-"))
-    stack = Stack(folder, fast=True)
-    stack_env = stack.up()
-    yield stack, stack_env, folder
-    stack.down()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_worker_backs_off_while_postgres_is_down(own_stack, cdc):

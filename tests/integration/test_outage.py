@@ -1,32 +1,14 @@
 """MongoDB stopped mid-run: the worker retries, then catches up, and verify is clean."""
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from cdc.devtools.stack import Stack
-from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env
 
 OUTAGE_SECONDS = 20
-
-
-@pytest.fixture
-def own_stack():
-    """A private embedded stack: this test stops its MongoDB server."""
-    if backend_kind() != "embedded":
-        pytest.skip("stops the embedded MongoDB server; other backends are not ours to stop")
-    folder = Path(tempfile.mkdtemp(prefix="cdc-outage-"))
-    stack = Stack(folder, fast=True)
-    env = stack.up()
-    yield stack, env, folder
-    stack.down()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_worker_survives_a_mongodb_outage(own_stack, cdc):

@@ -2,18 +2,13 @@
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from cdc.devtools.stack import Stack
-from tests.fix_backends import backend_kind
 from tests.fix_cli import clean_env
 
 SOAK_KILLS = int(os.environ.get("CDC_SOAK_KILLS", "5"))
@@ -112,18 +107,6 @@ def test_random_kills_lose_nothing(cdc, env):
     finish = cdc("run", "--once", env=env)
     assert finish.returncode == 0, finish.stderr
     verify_clean(cdc, env)
-
-
-@pytest.fixture
-def own_stack():
-    if backend_kind() != "embedded":
-        pytest.skip("restarts the embedded PostgreSQL server; other backends are not ours to restart")
-    folder = Path(tempfile.mkdtemp(prefix="cdc-pg-restart-"))
-    stack = Stack(folder, fast=True)
-    stack_env = stack.up()
-    yield stack, stack_env, folder
-    stack.down()
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_worker_survives_a_postgres_restart(own_stack, cdc):

@@ -3,9 +3,6 @@ exported and unapplied batches included), the metrics read the same backlog, and
 what it can, naming the server that is down."""
 
 import datetime as dt
-import shutil
-import tempfile
-from pathlib import Path
 
 import orjson
 import psycopg
@@ -14,9 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc import export as drain
-from cdc.devtools.stack import Stack
 from cdc.metrics import Metrics
-from tests.fix_backends import backend_kind
 
 CLOSED_PG = "postgresql://cdc@127.0.0.1:1/none"
 CLOSED_MONGO = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500"
@@ -160,21 +155,8 @@ def test_status_reports_what_it_can_when_postgresql_is_down(env, cdc):
     assert len(lines) == 1 and "cannot connect to PostgreSQL" in lines[0]
 
 
-@pytest.fixture
-def own_stack():
-    """A private embedded stack: this test stops its MongoDB server."""
-    if backend_kind() != "embedded":
-        pytest.skip("stops the embedded MongoDB server; other backends are not ours to stop")
-    folder = Path(tempfile.mkdtemp(prefix="cdc-status-"))
-    stack = Stack(folder, fast=True)
-    stack.up()
-    yield stack, folder
-    stack.down()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_status_on_the_embedded_stack_with_its_mongodb_down_uses_its_postgresql(own_stack, cdc):
-    stack, folder = own_stack
+    stack, _env, folder = own_stack
     env = {"CDC_DATA_DIR": str(folder)}  # nothing else: the stack's stack.env is the only setting
     for args in (("schema", "apply"), ("install", "--tables", "users")):
         ok(cdc(*args, env=env))

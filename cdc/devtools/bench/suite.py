@@ -113,7 +113,7 @@ def _touch(conn: psycopg.Connection[Any], fraction: float) -> None:
     conn.commit()
 
 
-def _export_all(dsn: str, archive_dir: Path, batch_size: int = 50_000) -> int:
+def _export_all(dsn: str, archive_dir: Path, batch_size: int = export.BATCH_SIZE) -> int:
     changes = 0
     with export.drain_connection(dsn) as conn:
         while (batch := export.export_batch(conn, archive_dir, batch_size=batch_size)) is not None:
@@ -383,7 +383,7 @@ import os, resource, sys
 from pathlib import Path
 from cdc import export
 with export.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
-    while export.export_batch(conn, Path(sys.argv[1]), batch_size=50_000) is not None:
+    while export.export_batch(conn, Path(sys.argv[1]), batch_size=export.BATCH_SIZE) is not None:
         pass
 # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
