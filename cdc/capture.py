@@ -304,8 +304,7 @@ def captured_tables(conn: psycopg.Connection[Any]) -> list[CapturedTable]:
 
 
 def is_installed(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass('cdc.outbox') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+    return ledger.installed(conn)
 
 
 def require_installed(conn: psycopg.Connection[Any]) -> None:

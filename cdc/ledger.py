@@ -431,3 +431,14 @@ def forget_snapshot_steps(conn: psycopg.Connection[Any], steps: Sequence[tuple[i
         conn.execute(
             _sql("forget_snapshot_steps"), {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
         )
+
+
+def installed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the ledger exists (capture is installed). A reader."""
+    row = conn.execute(_sql("installed")).fetchone()
+    return bool(row and row[0])
+
+
+def discard_outbox(conn: psycopg.Connection[Any]) -> None:
+    """Drop every waiting change, in the caller's transaction: for the bench's throw-away table only."""
+    conn.execute(_sql("discard_outbox"))

@@ -146,3 +146,11 @@ WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%(relids)s::int[], %(ops)s
 -- A snapshot finished, or starts over: its records go.
 DELETE FROM cdc.snapshot_progress
 WHERE (relid::int, op::text) IN (SELECT * FROM unnest(%(relids)s::int[], %(ops)s::text[]))
+
+-- name: installed
+-- Whether the ledger exists (capture is installed).
+SELECT to_regclass('cdc.outbox') IS NOT NULL
+
+-- name: discard_outbox
+-- Every waiting change dropped: only the bench does this, on its throw-away table.
+DELETE FROM cdc.outbox

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import capture, pg
+from cdc import capture, ledger, pg
 
 TABLE = "cdc_bench_songs"
 DDL = sql.SQL(
@@ -106,7 +106,7 @@ def measure(dsn: str, *, rows: int = 200_000, single: int = 5_000, rounds: int =
                 timings.setdefault(f"bulk_update_{label}", []).append(_bulk_update(conn))
                 timings.setdefault(f"single_{label}", []).append(_single_updates(conn, single, rows))
                 if captured:
-                    conn.execute("DELETE FROM cdc.outbox")
+                    ledger.discard_outbox(conn)
                     conn.commit()
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
         conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])

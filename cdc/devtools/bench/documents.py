@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from cdc import capture, export, mapping, mongo, pg, snapshot
+from cdc import capture, export, ledger, mapping, mongo, pg, snapshot
 from cdc.apply import Applier
 from cdc.worker import Worker
 
@@ -101,7 +101,7 @@ def _load(conn: psycopg.Connection[Any], playlists: int) -> int:
     )
     conn.commit()
     capture.install(conn, None, mapping_file=("cdc-bench-documents.toml", MAPPING))
-    conn.execute("DELETE FROM cdc.outbox")
+    ledger.discard_outbox(conn)
     conn.commit()
     return playlists + 3 * playlists * PER_PLAYLIST
 

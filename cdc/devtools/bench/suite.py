@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from pymongo import ReplaceOne
 
-from cdc import archive, capture, export, mongo, pg, snapshot, verify
+from cdc import archive, capture, export, ledger, mongo, pg, snapshot, verify
 from cdc.apply import Applier
 from cdc.devtools.bench import capture_cost, documents
 from cdc.errors import CheckFailed
@@ -101,7 +101,7 @@ def _fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
     )
     conn.commit()
     capture.install(conn, [TABLE])
-    conn.execute("DELETE FROM cdc.outbox")
+    ledger.discard_outbox(conn)
     conn.commit()
 
 
