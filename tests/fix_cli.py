@@ -38,3 +38,18 @@ def cdc(tmp_path: Path) -> CdcRunner:
         )
 
     return run
+
+
+def start_cdc(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdout: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """``python -m cdc *args`` started in the background (stderr piped, text mode), for a test that
+    signals it, reads its lines while it runs, or runs something beside it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdc", *args],
+        env=clean_env(env),
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

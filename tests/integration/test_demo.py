@@ -6,8 +6,6 @@ databases and a decoy archive: the demo uses only the servers named for it, and 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +16,7 @@ import pymongo
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 
 def _applied(body: str) -> float:
@@ -85,14 +83,7 @@ def test_demo_runs_end_to_end_with_a_clean_verify_and_serves_metrics(dbs, decoys
     lines: list[str] = []
     scrapes: list[str] = []
     stderr: list[str] = []
-    with subprocess.Popen(
-        [sys.executable, "-m", "cdc", "demo", "--scale", "tiny", "--duration", "5", "--rate", "60"],
-        env=clean_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as child:
+    with start_cdc("demo", "--scale", "tiny", "--duration", "5", "--rate", "60", env=env, cwd=tmp_path) as child:
         assert child.stdout is not None and child.stderr is not None
         errors = child.stderr
         drain_stderr = threading.Thread(target=lambda: stderr.extend(errors), daemon=True)

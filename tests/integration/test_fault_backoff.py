@@ -13,7 +13,6 @@ import logging
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from cdc import archive, capture, pg
 from cdc import export as drain
 from cdc.archive import ArchiveWriteError, BatchWriter
 from cdc.worker import Backoff
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 FAULT_SECONDS = 5  # how long a fault lasts once the first failure was logged
 
@@ -34,13 +33,7 @@ class Child:
     """A `cdc` child process whose stderr is collected as it comes."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cdc", *args],
-            env=clean_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.process = start_cdc(*args, env=env)
         self.stderr: list[str] = []
         self.stdout: list[str] = []
         assert self.process.stderr is not None and self.process.stdout is not None

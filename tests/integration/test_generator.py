@@ -1,13 +1,11 @@
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psycopg
 
 from generator.hashes import table_hashes
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 WORKLOAD_SECONDS = os.environ.get("CDC_TEST_WORKLOAD_SECONDS", "6")
 
@@ -79,13 +77,7 @@ def test_schema_check_is_clean_after_generate_and_workload(pg_dsn, cdc):
 def test_workload_stops_cleanly_on_sigterm(pg_dsn, cdc):
     env = {"CDC_PG_DSN": pg_dsn}
     assert cdc("generate", "--scale", "tiny", env=env).returncode == 0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "workload", "--rate", "50", "--duration", "0"],
-        env=clean_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cdc("workload", "--rate", "50", "--duration", "0", env=env)
     time.sleep(4)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)

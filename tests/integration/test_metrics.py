@@ -1,8 +1,6 @@
 """Metrics on real servers: `cdc run --listen --metrics-port` over HTTP, `cdc run --once --metrics-textfile`."""
 
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -13,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cdc import capture
 from cdc.metrics import Metrics
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 ROWS = 6  # SecantusDB is slow: a handful of rows says as much as thousands
 
@@ -61,13 +59,7 @@ def table(name):
 def test_listen_worker_serves_its_counts_over_http(metered, dbs):
     insert_rows(dbs.pg_dsn, 0, ROWS // 2)  # waiting before the worker starts
     port = free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--listen", "--interval", "2", "--metrics-port", str(port)],
-        env=clean_env(metered),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_cdc("run", "--listen", "--interval", "2", "--metrics-port", str(port), env=metered)
     try:
         started = time.time()
         body, found = "", {}

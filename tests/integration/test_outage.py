@@ -1,12 +1,11 @@
 """MongoDB stopped mid-run: the worker retries, then catches up, and verify is clean."""
 
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 OUTAGE_SECONDS = 20
 
@@ -19,13 +18,7 @@ def test_worker_survives_a_mongodb_outage(own_stack, cdc):
     for args in (("generate", "--scale", "tiny"), ("install",), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--listen", "--interval", "1", "--batch-size", "50"],
-        env=clean_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_cdc("run", "--listen", "--interval", "1", "--batch-size", "50", env=env)
     try:
         live = cdc("workload", "--rate", "100", "--duration", "3", "--no-long-transactions", env=env)
         assert live.returncode == 0, live.stderr

@@ -22,7 +22,7 @@ from cdc import archive
 from cdc.apply import Applier
 from cdc.export import EXPORT_LOCK_KEY
 from cdc.worker import WORKER_LOCK, Worker
-from tests.fix_cli import clean_env
+from tests.fix_cli import clean_env, start_cdc
 
 MAPPING = Path(__file__).resolve().parents[2] / "schema" / "orininu.mapping.toml"
 
@@ -81,13 +81,7 @@ def test_run_prints_one_start_line_and_no_line_per_batch(dbs, env, cdc, tmp_path
 
 def test_run_start_line_names_the_installed_mapping_and_the_mode(dbs, env, cdc):
     ok(cdc("install", "--mapping", str(MAPPING), env=env))
-    listen = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--listen", "--interval", "7"],
-        env=clean_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    listen = start_cdc("run", "--listen", "--interval", "7", env=env)
     try:
         assert listen.stdout is not None
         line = listen.stdout.readline()  # the first line it prints
@@ -165,13 +159,7 @@ def test_run_once_stopped_by_a_signal_exits_non_zero(dbs, env, cdc):
     add_users(dbs.pg_dsn, 1)
     with psycopg.connect(dbs.pg_dsn, autocommit=True) as holder:  # another worker holds the lock
         holder.execute("SELECT pg_advisory_lock(%s, %s)", WORKER_LOCK)
-        child = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", "--once"],
-            env=clean_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child = start_cdc("run", "--once", env=env)
         assert child.stderr is not None
         seen = []
         for line in child.stderr:  # it waits for the lock: now a cron `timeout` sends SIGTERM
@@ -191,13 +179,7 @@ def test_export_once_stopped_by_a_signal_exits_non_zero(dbs, env, cdc):
     add_users(dbs.pg_dsn, 1)
     with psycopg.connect(dbs.pg_dsn, autocommit=True) as holder:  # another exporter's turn
         holder.execute("SELECT pg_advisory_lock(%s)", [EXPORT_LOCK_KEY])
-        child = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "export", "--once"],
-            env=clean_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child = start_cdc("export", "--once", env=env)
         wait_for(lambda: waiting_on_advisory_lock(dbs.pg_dsn), "`cdc export --once` to wait for its turn")
         child.send_signal(signal.SIGTERM)
         holder.execute("SELECT pg_advisory_unlock(%s)", [EXPORT_LOCK_KEY])

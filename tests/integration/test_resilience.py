@@ -3,13 +3,11 @@
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 SOAK_KILLS = int(os.environ.get("CDC_SOAK_KILLS", "5"))
 SOAK_SEED = int(os.environ.get("CDC_SOAK_SEED", "7"))
@@ -22,13 +20,7 @@ def prepared(cdc, env):
 
 
 def start(args, env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "cdc", *args],
-        env=clean_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cdc(*args, env=env)
 
 
 def stop(process, sig=signal.SIGTERM):

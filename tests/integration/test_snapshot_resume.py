@@ -3,15 +3,13 @@ says what is left, and a re-run continues it instead of enqueueing every key aga
 
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import psycopg
 import pytest
 
 from cdc import snapshot
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 ORININU = ("users", "artists", "albums", "songs", "user_interaction", "playlists", "playlist_songs")
 
@@ -87,13 +85,7 @@ def test_sigint_while_a_page_waits_says_what_is_left_and_a_rerun_skips_it(env, c
     holder = psycopg.connect(env["CDC_PG_DSN"])
     try:
         holder.execute(f"SELECT 1 FROM {blocked} LIMIT 1 FOR UPDATE")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "snapshot"],
-            env=clean_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_cdc("snapshot", env=env)
         with psycopg.connect(env["CDC_PG_DSN"], autocommit=True) as watcher:
             for _ in range(600):  # until the snapshot's page of `blocked` waits for our row lock
                 waiting = watcher.execute(

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pymongo
 import pytest
 
 from cdc import archive
-from tests.fix_cli import clean_env
+from tests.fix_cli import start_cdc
 
 FAULT_POINTS = ["after_claim", "mid_archive", "before_commit", "after_commit", "mid_bulk_write", "before_mark_applied"]
 
@@ -128,13 +127,7 @@ def test_snapshot_during_a_live_workload_is_consistent(dbs, cdc, tmp_path):
     env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive")}
     assert cdc("generate", "--scale", "0.05", env=env).returncode == 0
     assert cdc("install", env=env).returncode == 0
-    live = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "workload", "--rate", "150", "--duration", "8"],
-        env=clean_env(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    live = start_cdc("workload", "--rate", "150", "--duration", "8", env=env, stdout=subprocess.DEVNULL)
     time.sleep(1)
     snap = cdc("snapshot", "--batch-size", "500", env=env)
     assert snap.returncode == 0, snap.stderr
@@ -145,13 +138,7 @@ def test_snapshot_during_a_live_workload_is_consistent(dbs, cdc, tmp_path):
 
 
 def test_listen_worker_applies_changes_without_waiting_for_the_poll(loaded, cdc):
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", "--listen", "--interval", "300"],
-        env=clean_env(loaded),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_cdc("run", "--listen", "--interval", "300", env=loaded)
     try:
         time.sleep(2)
         with psycopg.connect(loaded["CDC_PG_DSN"], autocommit=True) as conn:
