@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import capture, ledger, pg
+from cdc.devtools.bench.timing import timed
 
 TABLE = "cdc_bench_songs"
 DDL = sql.SQL(
@@ -44,12 +43,6 @@ class CaptureCost:
         return self.bulk_update_captured_s / self.bulk_update_plain_s
 
 
-def _timed(action: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def _bulk_insert(conn: psycopg.Connection[Any], rows: int) -> float:
     conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(TABLE)))
     conn.commit()
@@ -63,7 +56,7 @@ def _bulk_insert(conn: psycopg.Connection[Any], rows: int) -> float:
         conn.execute(statement, [rows])
         conn.commit()
 
-    return _timed(run)
+    return timed(run)
 
 
 def _bulk_update(conn: psycopg.Connection[Any]) -> float:
@@ -73,7 +66,7 @@ def _bulk_update(conn: psycopg.Connection[Any]) -> float:
         conn.execute(statement)
         conn.commit()
 
-    return _timed(run)
+    return timed(run)
 
 
 def _single_updates(conn: psycopg.Connection[Any], count: int, rows: int) -> float:
@@ -86,7 +79,7 @@ def _single_updates(conn: psycopg.Connection[Any], count: int, rows: int) -> flo
 
     conn.autocommit = True
     try:
-        return _timed(run)
+        return timed(run)
     finally:
         conn.autocommit = False
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import psycopg
 
 from cdc import capture, export, ledger, mapping, mongo, pg, snapshot
 from cdc.apply import Applier
+from cdc.devtools.bench.timing import Quiet, acquire, timed
 from cdc.worker import Worker
 
 DROP = "DROP TABLE IF EXISTS cdc_bench_doc_entries, cdc_bench_doc_playlists, cdc_bench_doc_songs, cdc_bench_doc_artists"
@@ -67,17 +66,6 @@ COLLECTION = "cdc_bench_doc_playlists"
 PER_PLAYLIST = 10
 
 
-class _Quiet:
-    def update(self, n: float | None = 1) -> bool | None:
-        return None
-
-
-def _timed(action: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def _load(conn: psycopg.Connection[Any], playlists: int) -> int:
     """The tables, filled: every playlist holds a song of artist 1 (the fan-out); returns source rows
     per full rebuild (playlists, entries, and each entry's song and artist)."""
@@ -108,7 +96,7 @@ def _load(conn: psycopg.Connection[Any], playlists: int) -> int:
 
 def _enqueue_roots(conn: psycopg.Connection[Any]) -> None:
     [target] = snapshot.targets(conn, [COLLECTION])
-    snapshot.enqueue_table(conn, target.table, _Quiet(), target.op)
+    snapshot.enqueue_table(conn, target.table, Quiet(), target.op)
 
 
 def measure(dsn: str, mongo_uri: str, playlists: int) -> dict[str, Any]:
@@ -124,25 +112,25 @@ def measure(dsn: str, mongo_uri: str, playlists: int) -> dict[str, Any]:
                 while export.export_batch(conn, folder / "export", batch_size=snapshot.BATCH_SIZE) is not None:
                     pass
 
-        export_s = _timed(export_all)
+        export_s = timed(export_all)
         database = client["cdc_bench_documents"]
         worker = Worker(dsn, Applier(database), folder / "run", batch_size=snapshot.BATCH_SIZE)
-        worker.acquire()
+        acquire(worker)
         try:
             with pg.connect(dsn) as conn:
                 _enqueue_roots(conn)
-            full_s = _timed(worker.cycle)
+            full_s = timed(worker.cycle)
             with pg.connect(dsn) as conn:
                 conn.execute(
                     "UPDATE cdc_bench_doc_entries SET added_at = added_at + interval '1 s' WHERE random() < 0.01"
                 )
                 conn.commit()
-            incremental_s = _timed(worker.cycle)
+            incremental_s = timed(worker.cycle)
             with pg.connect(dsn) as conn:
                 conn.execute("UPDATE cdc_bench_doc_artists SET name = name || ' (renamed)' WHERE artist_id = 1")
                 conn.commit()
             applied_before = worker.stats.changes
-            fanout_s = _timed(worker.cycle)
+            fanout_s = timed(worker.cycle)
             fanout_docs = worker.stats.changes - applied_before
         finally:
             worker.release()

@@ -31,6 +31,7 @@ from pymongo import ReplaceOne
 from cdc import archive, capture, export, ledger, mongo, pg, snapshot, verify
 from cdc.apply import Applier
 from cdc.devtools.bench import capture_cost, documents
+from cdc.devtools.bench.timing import Quiet, acquire, timed
 from cdc.errors import CheckFailed
 from cdc.extjson import parse_line
 from cdc.reader import table_lines
@@ -81,12 +82,6 @@ TARGETS = {
 }
 
 
-def _timed(action: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def _fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
     if capture.is_installed(conn):  # forget the previous incarnation of the bench table
         conn.execute("DELETE FROM cdc.captured WHERE schema_name = 'public' AND table_name = %s", [TABLE])
@@ -128,7 +123,7 @@ def export_speed(dsn: str, rows: int) -> Report:
         with pg.connect(dsn) as conn:
             _fresh_table(conn, rows)
             _touch(conn, 1.0)
-        seconds = _timed(lambda: _export_all(dsn, folder))
+        seconds = timed(lambda: _export_all(dsn, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"export_changes_per_s": rows / seconds, "export_seconds": seconds, "export_changes": rows}
@@ -146,7 +141,7 @@ def _snapshot(dsn: str, worker: Worker) -> None:
     """What `cdc snapshot` does for the bench table: enqueue every key, then one pass of the worker,
     into an empty collection (the insert path)."""
     with pg.connect(dsn) as conn:
-        snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
+        snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], Quiet())
     sync_once(worker, fast_insert={TABLE})
 
 
@@ -173,9 +168,9 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
                 folder / f"snap{round_}",
                 batch_size=snapshot.BATCH_SIZE,
             )
-            snapshot_times.append(_timed(functools.partial(_snapshot, dsn, snap_worker)))
+            snapshot_times.append(timed(functools.partial(_snapshot, dsn, snap_worker)))
             raw_insert = Applier(client["cdc_bench_raw_insert"]).collection(TABLE)
-            raw_insert_times.append(_timed(functools.partial(raw_insert.insert_many, documents, ordered=False)))
+            raw_insert_times.append(timed(functools.partial(raw_insert.insert_many, documents, ordered=False)))
         snapshot_s, raw_insert_s = min(snapshot_times), min(raw_insert_times)
 
         # `cdc verify` of the same data, against the snapshot's collection
@@ -185,7 +180,7 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
             if not diff.clean:
                 raise CheckFailed(f"bench: verify of the snapshot found differences: {diff.summary()}")
 
-        verify_s = min(_timed(verify_snapshot) for _ in range(ROUNDS))
+        verify_s = min(timed(verify_snapshot) for _ in range(ROUNDS))
 
         # applying N changes from the archive vs raw unguarded bulk_write of the final documents
         with pg.connect(dsn) as conn:
@@ -193,11 +188,11 @@ def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
         _export_all(dsn, folder / "apply")
         applier = Applier(client["cdc_bench_apply"])
         batches = [archive.read_batch(path) for path in archive.batch_paths(folder / "apply")]
-        apply_s = _timed(lambda: [applier.apply(batch) for batch in batches])
+        apply_s = timed(lambda: [applier.apply(batch) for batch in batches])
         final = _final_documents(dsn)
         raw = Applier(client["cdc_bench_raw"]).collection(TABLE)
         requests: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in final]
-        raw_s = _timed(lambda: raw.bulk_write(requests, ordered=False))
+        raw_s = timed(lambda: raw.bulk_write(requests, ordered=False))
     finally:
         for name in names:
             client.drop_database(name)
@@ -264,15 +259,17 @@ def incremental_vs_full(dsn: str, mongo_uri: str, rows: int) -> Report:
         database = client["cdc_bench_incremental"]
         worker = Worker(dsn, Applier(database), folder)
         with pg.connect(dsn) as conn:
-            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
-        worker.acquire()
-        worker.cycle(fast_insert={TABLE})  # then the collection is full: changes are guarded upserts
-        incremental_times = []
-        for _ in range(ROUNDS + 1):  # a cycle is short: one round more
-            with pg.connect(dsn) as conn:
-                _touch(conn, 0.01)
-            incremental_times.append(_timed(worker.cycle))
-        worker.release()
+            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], Quiet())
+        acquire(worker)
+        try:
+            worker.cycle(fast_insert={TABLE})  # then the collection is full: changes are guarded upserts
+            incremental_times = []
+            for _ in range(ROUNDS + 1):  # a cycle is short: one round more
+                with pg.connect(dsn) as conn:
+                    _touch(conn, 0.01)
+                incremental_times.append(timed(worker.cycle))
+        finally:
+            worker.release()
         incremental_s = min(incremental_times)
 
         def seed_method() -> None:
@@ -287,7 +284,7 @@ def incremental_vs_full(dsn: str, mongo_uri: str, rows: int) -> Report:
             target.drop()
             target.insert_many([orjson.loads(line) for line in lines], ordered=False)
 
-        full_s = min(_timed(seed_method) for _ in range(ROUNDS))
+        full_s = min(timed(seed_method) for _ in range(ROUNDS))
     finally:
         client.drop_database("cdc_bench_incremental")
         client.drop_database("cdc_bench_full")
@@ -309,7 +306,7 @@ def notify_latency(dsn: str, mongo_uri: str, seconds: float = 8.0) -> Report:
         with pg.connect(dsn) as conn:
             _fresh_table(conn, 10_000)
         with pg.connect(dsn) as conn:  # the starting documents, so probes find their document
-            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], _Quiet())
+            snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], Quiet())
         worker = Worker(dsn, Applier(database), folder, stop=stop)
         sync_once(worker, fast_insert={TABLE})  # the starting documents, before any probe is timed
         thread = threading.Thread(target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True)
@@ -389,11 +386,6 @@ with export.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(peak_kb / 1024)
 """
-
-
-class _Quiet:
-    def update(self, n: float | None = 1) -> bool | None:
-        return None
 
 
 def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None], sizes: Scale | None = None) -> Report:
