@@ -9,8 +9,7 @@ its next claim reads a fresh snapshot). Writers run in the caller's transaction,
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,7 +19,6 @@ import psycopg
 from psycopg import sql
 
 from cdc import pg, sqlfiles
-from cdc.errors import CdcError
 
 # Advisory locks (pg_advisory_lock): the worker's (two-int form, so objsubid = 2 in pg_locks), the
 # exporters' turn, and install/reconcile.
@@ -160,9 +158,7 @@ def old_join_values(relid: int, casts: sql.Composable) -> sql.Composable:
 
 def batch_ops(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, str]]:
     """(relid, op) pairs present in the batch."""
-    rows = conn.execute(
-        "SELECT DISTINCT relid::int, op FROM cdc.batch_changes WHERE batch_id = %s", [batch_id]
-    ).fetchall()
+    rows = conn.execute(_sql("batch_ops"), {"batch": batch_id}).fetchall()
     return [(int(relid), str(op)) for relid, op in rows]
 
 
@@ -288,19 +284,7 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
     (or a fresh transaction) for a live reading.
     """
     with pg.translated("reading the backlog"):
-        row = conn.execute(
-            # waiting: batches claimed for applying and not applied, or (any mode) not yet archived
-            """WITH waiting AS (SELECT batch_id, claimed_at FROM cdc.batches
-                                WHERE state <> 'applied' AND (mode IN ('run', 'snapshot') OR state = 'claimed'))
-                SELECT o.statements, o.changes, extract(epoch FROM now() - o.oldest),
-                       h.statements, h.changes, w.batches, extract(epoch FROM now() - w.oldest)
-                FROM (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes,
-                             min(created_at) AS oldest
-                      FROM cdc.outbox) o,
-                     (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes
-                      FROM cdc.batch_changes WHERE batch_id IN (SELECT batch_id FROM waiting)) h,
-                     (SELECT count(*) AS batches, min(claimed_at) AS oldest FROM waiting) w"""
-        ).fetchone()
+        row = conn.execute(_sql("backlog")).fetchone()
     assert row is not None
     outbox_statements, outbox_changes, outbox_age, held_statements, held_changes, batches, claim_age = row
     outbox_age_s = float(outbox_age) if outbox_age is not None else 0.0
@@ -315,50 +299,6 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
         batches=int(batches),
         age_is_lower_bound=claim_age is not None and claim_age_s > outbox_age_s,
     )
-
-
-class BacklogReader:
-    """Reads ``backlog`` live, on an autocommit connection of its own opened on first use and again
-    after an error (the metrics' scrapes and ``cdc run``'s summary line). ``on_error`` is told each
-    failure, in one line with no password; the reading is then None."""
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        statement_timeout: str | None = None,
-        on_error: Callable[[str], None] | None = None,
-    ) -> None:
-        self.dsn = dsn
-        self.statement_timeout = statement_timeout
-        self.on_error = on_error
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()  # concurrent scrapes share the connection
-
-    def __call__(self) -> Backlog | None:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                    if self.statement_timeout is not None:
-                        self._conn.execute(
-                            "SELECT set_config('statement_timeout', %s, false)", [self.statement_timeout]
-                        )
-                return backlog(self._conn)
-            except (CdcError, psycopg.Error) as exc:  # CdcError messages are redacted: no password
-                if self.on_error is not None:
-                    self.on_error(pg.describe(exc) if isinstance(exc, psycopg.Error) else str(exc))
-                self._close()
-                return None
-
-    def _close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
 
 
 def worker_running(conn: psycopg.Connection[Any]) -> bool:

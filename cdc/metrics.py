@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cdc import ledger
+from cdc.backlog_reader import BacklogReader
 from cdc.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class OutboxCollector(Collector):
     """The backlog gauges (``ledger.backlog``), read from PostgreSQL at collection time on a connection of their own."""
 
     def __init__(self, dsn: str) -> None:
-        self._read = ledger.BacklogReader(dsn, statement_timeout=BACKLOG_TIMEOUT, on_error=_backlog_error)
+        self._read = BacklogReader(dsn, statement_timeout=BACKLOG_TIMEOUT, on_error=_backlog_error)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:

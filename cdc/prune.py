@@ -237,20 +237,7 @@ def check_replay(
     def in_range(batch_id: int) -> bool:
         return (first is None or batch_id >= first) and (last is None or batch_id <= last)
 
-    holes = sorted(
-        batch_id
-        for batch_id in pruned
-        if in_range(batch_id)
-        and batch_id not in done
-        and not (directory / archive.batch_folder_name(batch_id)).is_dir()
-        and (not selected or batch_id < max(selected))  # nothing after it would be replayed over the hole
-    )
-    if holes:
-        raise PrunedGap(
-            f"batches {describe_ids(holes)} were pruned from {directory} (`cdc archive prune`) and the target "
-            "does not record them as applied: replaying past them would leave their changes out. Rebuild the "
-            f"target with `cdc snapshot` instead, or replay only what follows with --from {holes[-1] + 1}"
-        )
+    _refuse_pruned_holes(directory, [b for b in pruned if in_range(b) and b not in done], selected)
     present = set(selected)
     missing = {
         batch_id for before, after in itertools.pairwise(sorted(present)) for batch_id in range(before + 1, after)
@@ -281,3 +268,20 @@ def check_replay(
             f"out. Restore the folders, or rebuild the target with `cdc snapshot`{follows}"
         )
     return gaps
+
+
+def _refuse_pruned_holes(directory: Path, unapplied_pruned: Sequence[int], selected: Sequence[int]) -> None:
+    """``PrunedGap`` when a batch pruned from the archive, and not applied by the target, would be
+    replayed over: a batch after it is selected."""
+    holes = sorted(
+        batch_id
+        for batch_id in unapplied_pruned
+        if not (directory / archive.batch_folder_name(batch_id)).is_dir()
+        and (not selected or batch_id < max(selected))  # nothing after it would be replayed over the hole
+    )
+    if holes:
+        raise PrunedGap(
+            f"batches {describe_ids(holes)} were pruned from {directory} (`cdc archive prune`) and the target "
+            "does not record them as applied: replaying past them would leave their changes out. Rebuild the "
+            f"target with `cdc snapshot` instead, or replay only what follows with --from {holes[-1] + 1}"
+        )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cdc import ledger
+from cdc import backlog_reader, ledger
 
 log = logging.getLogger("cdc.worker")
 
@@ -26,7 +26,7 @@ class RunStats:
     last_success: float | None = None
 
 
-BacklogReader = ledger.BacklogReader  # the worker builds one for its summary line
+BacklogReader = backlog_reader.BacklogReader  # the worker builds one for its summary line
 
 
 class Summary:

@@ -154,3 +154,21 @@ SELECT to_regclass('cdc.outbox') IS NOT NULL
 -- name: discard_outbox
 -- Every waiting change dropped: only the bench does this, on its throw-away table.
 DELETE FROM cdc.outbox
+
+-- name: batch_ops
+-- The (relid, op) pairs present in a batch.
+SELECT DISTINCT relid::int, op FROM cdc.batch_changes WHERE batch_id = %(batch)s
+
+-- name: backlog
+-- Changes not yet in MongoDB: the outbox's, and those of batches claimed for applying and not
+-- applied, or (any mode) not yet archived; with the ages of the oldest outbox row and claim.
+WITH waiting AS (SELECT batch_id, claimed_at FROM cdc.batches
+                 WHERE state <> 'applied' AND (mode IN ('run', 'snapshot') OR state = 'claimed'))
+SELECT o.statements, o.changes, extract(epoch FROM now() - o.oldest),
+       h.statements, h.changes, w.batches, extract(epoch FROM now() - w.oldest)
+FROM (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes,
+             min(created_at) AS oldest
+      FROM cdc.outbox) o,
+     (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes
+      FROM cdc.batch_changes WHERE batch_id IN (SELECT batch_id FROM waiting)) h,
+     (SELECT count(*) AS batches, min(claimed_at) AS oldest FROM waiting) w
