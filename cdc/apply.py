@@ -40,9 +40,9 @@ from tenacity import (
 )
 
 from cdc import archive, faults, shutdown
-from cdc.errors import ArchiveError, MongoError, MongoUnavailable
+from cdc.errors import ArchiveError, MongoError, MongoUnavailable, shorten
 from cdc.extjson import parse_line
-from cdc.mongo import describe, translated
+from cdc.mongo import codec_options, describe, translated
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -223,7 +223,7 @@ class Applier:
         composite_key_index: bool | None = None,
     ) -> None:
         self.database = database
-        self.options: CodecOptions[Document] = CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+        self.options: CodecOptions[Document] = codec_options()
         self.on_retry = on_retry  # called before each retried MongoDB write (metrics)
         self.retrying = transient_retry_with(self._retried)  # this applier's writes: counted, then on_retry
         self._retries = 0
@@ -277,8 +277,8 @@ class Applier:
                 on_id = error.get("keyPattern", {"_id": 1}) == {"_id": 1}
                 if error.get("code") != DUPLICATE_KEY or not on_id:
                     raise MongoError(
-                        f"{collection}: write of _id {_short(document['_id'])} rejected: "
-                        f"{_short(error.get('errmsg', error))} (code {error.get('code')})"
+                        f"{collection}: write of _id {shorten(document['_id'])} rejected: "
+                        f"{shorten(error.get('errmsg', error))} (code {error.get('code')})"
                     ) from None
                 found_by = self.key_fields.filter(document, may_extend=extend[error["index"]])
                 if self._is_stale(target, document, found_by):
@@ -383,8 +383,3 @@ def _request(kind: str, document: Document, found_by: Document) -> Any:
     if kind == "insert":
         return InsertOne(document)
     return ReplaceOne(guard, document, upsert=True)
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"

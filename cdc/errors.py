@@ -7,7 +7,7 @@ A class's docstring is its default message.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class CdcError(Exception):
@@ -99,3 +99,9 @@ class LockLost(CdcError):
 
 class Interrupted(CdcError):
     """The snapshot was stopped (SIGINT or SIGTERM) between two pages or two batches."""
+
+
+def shorten(value: Any, limit: int = 120) -> str:
+    """``value`` as text for an error line, cut to ``limit`` characters with an ellipsis."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"

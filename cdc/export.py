@@ -34,6 +34,7 @@ from cdc.codec import RowEncoder, select_expression
 from cdc.errors import (
     ArchiveWriteError,
     RowSecurityError,
+    shorten,
 )
 from cdc.tables import TableInfo
 
@@ -140,11 +141,6 @@ def _rows_query(table: TableInfo) -> sql.Composed:
     )
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def export_table(conn: psycopg.Connection[Any], writer: BatchWriter, table: TableInfo, batch_id: int) -> None:
     """Write one table's changed keys of ``batch_id``: upserts for present rows, deletes for gone ones.
 
@@ -195,12 +191,12 @@ def _streamed(conn: psycopg.Connection[Any], query: sql.Composed, params: dict[s
 
 def _reject(writer: BatchWriter, table: TableInfo, key: Sequence[Any], exc: Exception, pos: int) -> None:
     reason = str(exc) or type(exc).__name__
-    writer.reject(table.display, [_short(value) for value in key], reason, pos)
+    writer.reject(table.display, [shorten(value) for value in key], reason, pos)
     log.warning(
         "rejected %s key %s: %s",
         table.display,
-        _short(list(key)),
-        _short(reason),
+        shorten(list(key)),
+        shorten(reason),
         extra={"action": "reject", "table": table.display},
     )
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
 import pymongo
 import pymongo.errors
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 
 from cdc.errors import MongoError, MongoUnavailable
 from cdc.redact import redact, register_secret, secrets_in
+
+
+def codec_options(*, raw: bool = False) -> CodecOptions[Any]:
+    """How the pipeline reads BSON: aware UTC datetimes, standard (subtype 4) UUIDs; with ``raw``,
+    documents stay undecoded (``RawBSONDocument``) until a field is read."""
+    if raw:
+        return CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+    return CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
 
 
 def describe(exc: pymongo.errors.PyMongoError) -> str:

@@ -12,8 +12,6 @@ the join runs in several passes, each keeping the documents whose ``_id`` hashes
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import hashlib
 import itertools
 import math
@@ -24,13 +22,13 @@ from typing import Any
 
 import bson
 import psycopg
-from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from psycopg import sql
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from cdc import expected, expected_documents, pg
+from cdc import expected, expected_documents, mongo, pg
+from cdc.errors import shorten
 from cdc.expected import ColumnRule
 from cdc.mapping import Collection
 from cdc.tables import TableInfo
@@ -72,31 +70,20 @@ class TableDiff:
             "different": len(self.different),
             "fields": dict(self.fields),
             "examples": {
-                "missing": [_show(k) for k in self.missing[:EXAMPLES]],
-                "extra": [_show(k) for k in self.extra[:EXAMPLES]],
-                "different": [_show(k) for k in self.different[:EXAMPLES]],
+                "missing": [shorten(k) for k in self.missing[:EXAMPLES]],
+                "extra": [shorten(k) for k in self.extra[:EXAMPLES]],
+                "different": [shorten(k) for k in self.different[:EXAMPLES]],
             },
             "details": self.details[: EXAMPLES * 3],
         }
 
 
-def _show(key: Any) -> str:
-    text = str(key)
-    return text if len(text) <= 120 else text[:120] + "…"
-
-
-@functools.cache
-def _codec_options() -> Any:
-    return CodecOptions(tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
-
-
-@functools.cache
-def _raw_options() -> Any:
-    return CodecOptions(document_class=RawBSONDocument, tz_aware=True, tzinfo=dt.UTC, uuid_representation=4)
+_CODEC_OPTIONS = mongo.codec_options()
+_RAW_OPTIONS = mongo.codec_options(raw=True)
 
 
 def _id_key(value: Any) -> bytes:
-    return bson.encode({"_id": value}, codec_options=_codec_options())
+    return bson.encode({"_id": value}, codec_options=_CODEC_OPTIONS)
 
 
 def _pass_of(key: bytes, passes: int) -> int:
@@ -191,7 +178,7 @@ def _join(
     """The hash join: documents of the pass in memory (raw BSON, keyed by their raw ``_id`` element),
     PostgreSQL's rows streamed past them. The collection is read on a helper thread (pymongo waits
     on the server without the GIL) while the first rows are read and mapped here, up to ``_AHEAD``."""
-    collection = database.get_collection(name, codec_options=_raw_options())
+    collection = database.get_collection(name, codec_options=_RAW_OPTIONS)
     diff.passes = _passes(database, name, budget)
     for this_pass in range(diff.passes):
         stored: dict[bytes, RawBSONDocument] = {}
@@ -210,7 +197,7 @@ def _join(
             if progress is not None and diff.rows % 1000 == 0:
                 progress(1000)
         for leftover in stored.values():
-            decoded = bson.decode(leftover.raw, codec_options=_codec_options())
+            decoded = bson.decode(leftover.raw, codec_options=_CODEC_OPTIONS)
             diff.extra.append(decoded["_id"])
             diff.extra_positions.append(decoded.get("_cdc"))
     if progress is not None:
@@ -240,7 +227,7 @@ def _raw_id(raw: bytes) -> bytes:
             length = int.from_bytes(raw[9:13], "little")
             extra = {0x02: 4, 0x03: 0, 0x04: 0, 0x05: 5}[kind]
             return raw[4 : 9 + length + extra]
-    return _id_element(_id_key(bson.decode(raw, codec_options=_codec_options())["_id"]))
+    return _id_element(_id_key(bson.decode(raw, codec_options=_CODEC_OPTIONS)["_id"]))
 
 
 def _id_element(encoded: bytes) -> bytes:
@@ -260,7 +247,7 @@ def _compare(diff: TableDiff, row: Wanted, found: RawBSONDocument | None, *, nes
     stored = _without_cdc(bytes(found.raw))
     if stored is not None and stored == _encoded(wanted):
         return  # the same bytes: the same values, types and field order (the common case, at C speed)
-    decoded = bson.decode(found.raw, codec_options=_codec_options())
+    decoded = bson.decode(found.raw, codec_options=_CODEC_OPTIONS)
     if nested:
         path = expected.where_differs(decoded, wanted)
         if path is None:
@@ -272,13 +259,13 @@ def _compare(diff: TableDiff, row: Wanted, found: RawBSONDocument | None, *, nes
             return
         changed = [item.field for item in items]
         if len(diff.details) < EXAMPLES * 3:
-            diff.details += [f"{_show(document_id)} {item.describe()}" for item in items[:3]]
+            diff.details += [f"{shorten(document_id)} {item.describe()}" for item in items[:3]]
     diff.different.append(document_id)
     diff.repair_keys.append(repair_key)
     for field_name in changed:
         diff.fields[field_name] = diff.fields.get(field_name, 0) + 1
     if nested and len(diff.details) < EXAMPLES * 3:
-        diff.details.append(f"{_show(document_id)} first difference at {changed[0]}")
+        diff.details.append(f"{shorten(document_id)} first difference at {changed[0]}")
 
 
 _CDC_ELEMENT = b"\x03_cdc\x00"  # an embedded document named _cdc
@@ -300,7 +287,7 @@ def _without_cdc(raw: bytes) -> bytes | None:
 
 def _encoded(wanted: dict[str, Any]) -> bytes | None:
     try:
-        return bson.encode(wanted, codec_options=_codec_options())
+        return bson.encode(wanted, codec_options=_CODEC_OPTIONS)
     except Exception:
         return None
 
@@ -308,7 +295,7 @@ def _encoded(wanted: dict[str, Any]) -> bytes | None:
 def _too_large(wanted: dict[str, Any]) -> bool:
     """Whether the expected document is over BSON's 16 MiB (rough: values as Python, strings measured)."""
     try:
-        size = len(bson.encode({k: expected.bsonable(v) for k, v in wanted.items()}, codec_options=_codec_options()))
+        size = len(bson.encode({k: expected.bsonable(v) for k, v in wanted.items()}, codec_options=_CODEC_OPTIONS))
     except Exception:
         return False
     return size > _BSON_MAX_SIZE
