@@ -116,7 +116,9 @@ class Metrics:
             registry=self.registry,
         )
         self.retries = Counter(
-            "cdc_mongo_retries", "MongoDB bulk writes retried after a transient error.", registry=self.registry
+            "cdc_mongo_retries",
+            "MongoDB writes (bulk writes, truncates, applied marks) retried after a transient error.",
+            registry=self.registry,
         )
         self.batch_seconds = Histogram(
             "cdc_batch_duration_seconds",

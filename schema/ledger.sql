@@ -121,8 +121,9 @@ SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 
 -- name: snapshot_progress_access
 -- Whether cdc.snapshot_progress exists, and whether this role may read and write it.
 SELECT to_regclass('cdc.snapshot_progress') IS NOT NULL,
-       to_regclass('cdc.snapshot_progress') IS NOT NULL
-       AND has_table_privilege('cdc.snapshot_progress', 'SELECT, INSERT, UPDATE, DELETE')
+       CASE WHEN to_regclass('cdc.snapshot_progress') IS NOT NULL
+            THEN has_table_privilege('cdc.snapshot_progress', 'SELECT, INSERT, UPDATE, DELETE')
+            ELSE false END
 
 -- name: snapshot_page
 -- A snapshot page enqueued: how far its table (and op) got, in the page's transaction.

@@ -328,6 +328,7 @@ def _snapshot(dsn: str, database: Database[Any], settings: Settings, rows: int, 
         Applier(database, on_retry=metrics.retried if metrics is not None else None),
         metrics=metrics,
         batch_log_level=logging.DEBUG,  # a progress line instead (each batch with -v)
+        wait_for_lock=True,
     ).run()
     click.echo(f"[5/7] snapshot: {rows:,} rows in {time.perf_counter() - started:.1f}s")
 

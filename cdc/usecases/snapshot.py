@@ -102,7 +102,7 @@ class Outcome:
 class Snapshot:
     """One snapshot run. ``applier`` None: export only (no MongoDB). ``notice`` gets the lines meant
     for the user while it runs (a continued snapshot); ``metrics`` and ``batch_log_level`` go to its
-    worker."""
+    worker. When another worker holds the lock, the keys are left to it, unless ``wait_for_lock``."""
 
     def __init__(
         self,
@@ -115,6 +115,7 @@ class Snapshot:
         notice: Callable[[str], None] = lambda _line: None,
         metrics: Metrics | None = None,
         batch_log_level: int = logging.INFO,
+        wait_for_lock: bool = False,
     ) -> None:
         self.dsn = dsn
         self.archive_dir = archive_dir
@@ -124,6 +125,7 @@ class Snapshot:
         self.notice = notice
         self.metrics = metrics
         self.batch_log_level = batch_log_level
+        self.wait_for_lock = wait_for_lock
         self.mode = "export" if applier is None else "apply"
         self.chosen: list[Target] = []  # known once ``run`` has read the catalog
 
@@ -204,8 +206,8 @@ class Snapshot:
             metrics=self.metrics,
             batch_log_level=self.batch_log_level,
         )
-        if not worker.acquire(wait=False):
-            outcome.handed_over = True
+        if not worker.acquire(wait=self.wait_for_lock):
+            outcome.handed_over = not self.stop.is_set()
             return
         try:
             with pg.connect(self.dsn) as conn:

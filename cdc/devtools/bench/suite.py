@@ -142,7 +142,8 @@ def _snapshot(dsn: str, worker: Worker) -> None:
     into an empty collection (the insert path)."""
     with pg.connect(dsn) as conn:
         snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], Quiet())
-    sync_once(worker, fast_insert={TABLE})
+    if not sync_once(worker, fast_insert={TABLE}):
+        raise CheckFailed("bench: stopped while waiting for the worker lock")
 
 
 def apply_and_snapshot(dsn: str, mongo_uri: str, rows: int) -> Report:
@@ -308,7 +309,8 @@ def notify_latency(dsn: str, mongo_uri: str, seconds: float = 8.0) -> Report:
         with pg.connect(dsn) as conn:  # the starting documents, so probes find their document
             snapshot.enqueue_table(conn, snapshot.captured(conn, [TABLE])[0], Quiet())
         worker = Worker(dsn, Applier(database), folder, stop=stop)
-        sync_once(worker, fast_insert={TABLE})  # the starting documents, before any probe is timed
+        if not sync_once(worker, fast_insert={TABLE}):  # the starting documents, before any probe is timed
+            raise CheckFailed("bench: stopped while waiting for the worker lock")
         thread = threading.Thread(target=worker.run, kwargs={"interval": 5, "listen": True, "once": False}, daemon=True)
         thread.start()
         time.sleep(1)

@@ -25,6 +25,6 @@ class Quiet:
 
 
 def acquire(worker: Worker) -> None:
-    """Take the worker lock of the bench's own database (nobody else holds it), or say why not."""
-    if not worker.acquire(wait=False):
-        raise CheckFailed("bench: another worker holds the worker lock of the bench database")
+    """Take the worker lock (waiting, as before), or stop with a line when a stop was requested."""
+    if not worker.acquire():
+        raise CheckFailed("bench: stopped while waiting for the worker lock")
