@@ -311,3 +311,12 @@ def require_installed(conn: psycopg.Connection[Any]) -> None:
     """``ConfigError`` telling to run `cdc install` when capture is not installed."""
     if not is_installed(conn):
         raise ConfigError("capture is not installed: run `cdc install` first")
+
+
+def forget_tables(conn: psycopg.Connection[Any], names: Sequence[str], schema: str | None = None) -> None:
+    """In the caller's transaction: forget the capture records of the tables ``names`` (in ``schema``,
+    or any), which their owner dropped or is about to re-create (the bench's throw-away tables)."""
+    conn.execute(
+        "DELETE FROM cdc.captured WHERE table_name = ANY(%s) AND (%s::text IS NULL OR schema_name = %s)",
+        [list(names), schema, schema],
+    )

@@ -102,7 +102,7 @@ def measure(dsn: str, *, rows: int = 200_000, single: int = 5_000, rounds: int =
                     ledger.discard_outbox(conn)
                     conn.commit()
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
-        conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])
+        capture.forget_tables(conn, [TABLE])
         conn.commit()
     median = {name: statistics.median(values) for name, values in timings.items()}
     return CaptureCost(

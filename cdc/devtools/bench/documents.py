@@ -22,7 +22,8 @@ from cdc.apply import Applier
 from cdc.devtools.bench.timing import Quiet, acquire, timed
 from cdc.worker import Worker
 
-DROP = "DROP TABLE IF EXISTS cdc_bench_doc_entries, cdc_bench_doc_playlists, cdc_bench_doc_songs, cdc_bench_doc_artists"
+TABLES = ("cdc_bench_doc_entries", "cdc_bench_doc_playlists", "cdc_bench_doc_songs", "cdc_bench_doc_artists")
+DROP = "DROP TABLE IF EXISTS " + ", ".join(TABLES)
 DDL = (
     DROP
     + """;
@@ -138,7 +139,7 @@ def measure(dsn: str, mongo_uri: str, playlists: int) -> dict[str, Any]:
         with pg.connect(dsn) as conn:
             capture.install(conn, [], mapping_file=(mapping.NO_MAPPING, ""))
             conn.execute(DROP)
-            conn.execute("DELETE FROM cdc.captured WHERE table_name LIKE 'cdc\\_bench\\_doc\\_%'")
+            capture.forget_tables(conn, TABLES)
             conn.commit()
         client.drop_database("cdc_bench_documents")
         client.close()

@@ -84,7 +84,7 @@ TARGETS = {
 
 def _fresh_table(conn: psycopg.Connection[Any], rows: int) -> None:
     if capture.is_installed(conn):  # forget the previous incarnation of the bench table
-        conn.execute("DELETE FROM cdc.captured WHERE schema_name = 'public' AND table_name = %s", [TABLE])
+        capture.forget_tables(conn, [TABLE], "public")
     conn.execute(capture_cost.DDL.format(t=sql.Identifier(TABLE)))
     conn.execute(
         sql.SQL(
@@ -418,7 +418,7 @@ def run(dsn: str, mongo_uri: str, scale: str, progress: Callable[[str], None], s
     report["mapped_export_vs_export"] = report["mapped_export_rows_per_s"] / report["export_changes_per_s"]
     with pg.connect(dsn) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE)))
-        conn.execute("DELETE FROM cdc.captured WHERE table_name = %s", [TABLE])
+        capture.forget_tables(conn, [TABLE])
         conn.commit()
     report["maxrss_parent_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
