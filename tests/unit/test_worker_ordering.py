@@ -120,3 +120,19 @@ def test_a_folder_of_another_epoch_is_re_exported(tmp_path):
     worker.finish_pending()
     assert batches.reexported == [7]
     assert applier.lines[7] == [line(7).rstrip(b"\n")]
+
+
+def test_a_stop_leaves_the_rest_pending_for_next_time(tmp_path):
+    batches = InMemoryBatches()
+    for batch_id in (1, 2, 3):
+        claimed(batches, tmp_path, batch_id)
+    worker, applier = worker_for(tmp_path, batches)
+    apply = applier.apply
+
+    def apply_then_stop(batch: archive.Batch, *, fast_insert: set[str] | None = None) -> ApplyStats:
+        worker.stop.set()  # a Ctrl-C during the first batch
+        return apply(batch, fast_insert=fast_insert)
+
+    applier.apply = apply_then_stop  # type: ignore[method-assign]
+    assert worker.finish_pending() == 1
+    assert applier.applied == [1] and batches.pending() == [2, 3]
