@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import hierarchy, ledger, mapping, pg, sqlfiles, tables, triggers
+from cdc import catalog, hierarchy, ledger, mapping, pg, sqlfiles, tables, triggers
 from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
 from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
@@ -44,22 +44,15 @@ class CapturedTable:
 
 
 def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool) -> None:
-    conn.execute(
-        """INSERT INTO cdc.captured (relid, schema_name, table_name, key_columns, notify, excluded_columns)
-           VALUES (%(relid)s, %(schema)s, %(name)s, %(keys)s, %(notify)s, %(excluded)s)
-           ON CONFLICT (relid) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
-               key_columns = excluded.key_columns, notify = excluded.notify,
-               excluded_columns = CASE WHEN %(set_excluded)s THEN excluded.excluded_columns
-                                       ELSE cdc.captured.excluded_columns END""",
-        {
-            "relid": table.relid,
-            "schema": table.schema,
-            "name": table.name,
-            "keys": list(table.key_columns),
-            "notify": notify,
-            "excluded": list(table.excluded),
-            "set_excluded": set_exclusions,
-        },
+    catalog.register_table(
+        conn,
+        table.relid,
+        table.schema,
+        table.name,
+        table.key_columns,
+        notify=notify,
+        excluded=table.excluded,
+        set_excluded=set_exclusions,
     )
 
 
@@ -73,10 +66,10 @@ def _install_table(
     shown: Sequence[str] | None = None,
 ) -> None:
     """Capture one table and every partition and child it has, recording under it."""
-    known = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [table.relid]).fetchone() is not None
+    known = catalog.is_captured(conn, table.relid)
     triggers.create_root_functions(conn, table, notify, joins, shown)
     _register(conn, table, notify, set_exclusions)
-    conn.execute("UPDATE cdc.captured SET join_columns = %s WHERE relid = %s", [list(joins), table.relid])
+    catalog.set_join_columns(conn, table.relid, joins)
     for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
         log.info("%s", line, extra={"action": "install_part", "table": table.display})
 
@@ -249,7 +242,7 @@ def uninstall(
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
         if not is_installed(conn):
             return 0
-        captured = [int(row[0]) for row in conn.execute("SELECT relid::int FROM cdc.captured").fetchall()]
+        captured = catalog.captured_relids(conn)
         if table_names is None:
             chosen = captured
         else:
@@ -277,29 +270,18 @@ def _release_table(conn: psycopg.Connection[Any], relid: int) -> None:
     info = tables.describe(conn, relid, excluded=())
     triggers.detach(conn, relid, info.qualified if info is not None else None)
     if hierarchy.has_parts_table(conn):
-        for (part,) in conn.execute(
-            "SELECT relid::int FROM cdc.captured_parts WHERE root_relid = %s", [relid]
-        ).fetchall():
-            member = tables.describe(conn, int(part), excluded=())
-            triggers.detach(conn, int(part), member.qualified if member is not None else None)
-        conn.execute("DELETE FROM cdc.captured_parts WHERE root_relid = %s", [relid])
+        for part in catalog.parts_of(conn, relid, with_dropped=True):
+            member = tables.describe(conn, part, excluded=())
+            triggers.detach(conn, part, member.qualified if member is not None else None)
+        catalog.forget_parts_of(conn, relid)
     triggers.drop_root_functions(conn, relid)
-    conn.execute("DELETE FROM cdc.captured WHERE relid = %s", [relid])
+    catalog.forget_table(conn, relid)
 
 
 def captured_tables(conn: psycopg.Connection[Any]) -> list[CapturedTable]:
     """Every registered table, with whether it still exists and still has its triggers."""
     with pg.translated("reading captured tables"):
-        rows = conn.execute(
-            """SELECT cp.relid::int, cp.schema_name, cp.table_name, c.oid IS NOT NULL,
-                      (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = cp.relid AND t.tgenabled = 'A'
-                         AND t.tgname LIKE %s)::int,
-                      (SELECT c2.oid::int FROM pg_class c2 JOIN pg_namespace n2 ON n2.oid = c2.relnamespace
-                        WHERE n2.nspname = cp.schema_name AND c2.relname = cp.table_name AND c2.oid <> cp.relid)
-               FROM cdc.captured cp LEFT JOIN pg_class c ON c.oid = cp.relid
-               ORDER BY cp.schema_name, cp.table_name""",
-            [triggers.TRIGGER_NAME_PATTERN],
-        ).fetchall()
+        rows = catalog.captured_tables(conn, triggers.TRIGGER_NAME_PATTERN)
     return [CapturedTable(*row) for row in rows]
 
 
@@ -316,7 +298,4 @@ def require_installed(conn: psycopg.Connection[Any]) -> None:
 def forget_tables(conn: psycopg.Connection[Any], names: Sequence[str], schema: str | None = None) -> None:
     """In the caller's transaction: forget the capture records of the tables ``names`` (in ``schema``,
     or any), which their owner dropped or is about to re-create (the bench's throw-away tables)."""
-    conn.execute(
-        "DELETE FROM cdc.captured WHERE table_name = ANY(%s) AND (%s::text IS NULL OR schema_name = %s)",
-        [list(names), schema, schema],
-    )
+    catalog.forget_tables_named(conn, names, schema)

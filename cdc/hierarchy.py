@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import ledger, pg, tables, triggers
+from cdc import catalog, ledger, pg, tables, triggers
 from cdc.errors import PostgresError, PostgresUnavailable
 from cdc.tables import TableInfo
 
@@ -49,29 +49,6 @@ WITH RECURSIVE tree (relid) AS (
 SELECT t.relid::int, n.nspname::text, c.relname::text
 FROM tree t JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 ORDER BY t.relid
-"""
-
-# Members of a captured hierarchy out of step with cdc.captured_parts: (root, member, what happened).
-_DRIFT = """
-WITH RECURSIVE tree (root, relid) AS (
-    SELECT cp.relid, i.inhrelid FROM cdc.captured cp JOIN pg_inherits i ON i.inhparent = cp.relid
-  UNION
-    SELECT t.root, i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
-)
-SELECT t.root::int, t.relid::int, 'uncaptured'
-FROM tree t
-WHERE NOT EXISTS (SELECT 1 FROM cdc.captured_parts p WHERE p.relid = t.relid AND p.root_relid = t.root)
-   OR (SELECT count(*) FROM pg_trigger g WHERE g.tgrelid = t.relid AND g.tgenabled = 'A'
-         AND g.tgname LIKE %(pattern)s) < %(expected)s
-UNION ALL
-SELECT p.root_relid::int, p.relid::int, CASE WHEN c.oid IS NULL THEN 'dropped' ELSE 'left' END
-FROM cdc.captured_parts p LEFT JOIN pg_class c ON c.oid = p.relid
-WHERE p.dropped_at IS NULL AND NOT EXISTS (SELECT 1 FROM tree t WHERE t.root = p.root_relid AND t.relid = p.relid)
-UNION ALL
-SELECT cp.relid::int, cp.relid::int, 'truncate mode'
-FROM cdc.captured cp JOIN pg_class c ON c.oid = cp.relid
-WHERE cp.in_hierarchy <> (c.relkind = 'p' OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = cp.relid))
-ORDER BY 1, 2
 """
 
 
@@ -133,8 +110,7 @@ def in_hierarchy(conn: psycopg.Connection[Any], relid: int) -> bool:
 
 def has_parts_table(conn: psycopg.Connection[Any]) -> bool:
     with pg.translated("checking the partitions of captured tables"):
-        row = conn.execute("SELECT to_regclass('cdc.captured_parts') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+        return catalog.parts_exists(conn)
 
 
 def drift(conn: psycopg.Connection[Any]) -> list[Drift]:
@@ -143,23 +119,14 @@ def drift(conn: psycopg.Connection[Any]) -> list[Drift]:
     if not has_parts_table(conn):
         return []
     with pg.translated("checking the partitions of captured tables"):
-        rows = conn.execute(
-            _DRIFT, {"pattern": triggers.TRIGGER_NAME_PATTERN, "expected": len(triggers.TRIGGERS)}
-        ).fetchall()
-    return [Drift(int(root), int(member), str(what)) for root, member, what in rows]
-
-
-def _joins(conn: psycopg.Connection[Any], relid: int) -> tuple[str, ...]:
-    row = conn.execute(
-        "SELECT to_jsonb(cp) -> 'join_columns' FROM cdc.captured cp WHERE relid = %s", [relid]
-    ).fetchone()
-    return tuple(str(column) for column in row[0]) if row and isinstance(row[0], list) else ()
+        rows = catalog.drift(conn, triggers.TRIGGER_NAME_PATTERN, len(triggers.TRIGGERS))
+    return [Drift(root, member, what) for root, member, what in rows]
 
 
 def _record_own_keys(conn: psycopg.Connection[Any], root: TableInfo, member: sql.Identifier) -> None:
     """Record the keys (and join values) of the member's own rows as changes of the root (read again at
     drain time)."""
-    conn.execute(triggers.own_rows_as_changes(root, member, _joins(conn, root.relid)))
+    conn.execute(triggers.own_rows_as_changes(root, member, catalog.join_columns(conn, root.relid)))
 
 
 def _healthy(conn: psycopg.Connection[Any], relid: int) -> bool:
@@ -182,30 +149,19 @@ def sync(
     """
     done: list[str] = []
     hierarchy = in_hierarchy(conn, root.relid)
-    joins = _joins(conn, root.relid)
-    was = conn.execute("SELECT in_hierarchy FROM cdc.captured WHERE relid = %s", [root.relid]).fetchone()
-    if refresh or not _healthy(conn, root.relid) or (was is not None and bool(was[0]) != hierarchy):
+    joins = catalog.join_columns(conn, root.relid)
+    was = catalog.in_hierarchy(conn, root.relid)
+    if refresh or not _healthy(conn, root.relid) or (was is not None and was != hierarchy):
         triggers.attach(conn, root, root.relid, root.qualified, notify=notify, in_hierarchy=hierarchy, joins=joins)
-    conn.execute("UPDATE cdc.captured SET in_hierarchy = %s WHERE relid = %s", [hierarchy, root.relid])
+    catalog.set_in_hierarchy(conn, root.relid, hierarchy)
     members = descendants(conn, root.relid)
-    recorded = {
-        int(row[0])
-        for row in conn.execute(
-            "SELECT relid::int FROM cdc.captured_parts WHERE root_relid = %s AND dropped_at IS NULL", [root.relid]
-        ).fetchall()
-    }
+    recorded = set(catalog.parts_of(conn, root.relid))
     for member in members:
         _forget_own_capture(conn, member, root)
         _leave_other_root(conn, member, root)
         if refresh or member.relid not in recorded or not _healthy(conn, member.relid):
             triggers.attach(conn, root, member.relid, member.qualified, notify=notify, in_hierarchy=True, joins=joins)
-        conn.execute(
-            """INSERT INTO cdc.captured_parts (relid, root_relid, schema_name, table_name)
-               VALUES (%s, %s, %s, %s)
-               ON CONFLICT (relid) DO UPDATE SET root_relid = excluded.root_relid,
-                   schema_name = excluded.schema_name, table_name = excluded.table_name, dropped_at = NULL""",
-            [member.relid, root.relid, member.schema, member.name],
-        )
+        catalog.record_part(conn, member.relid, root.relid, member.schema, member.name)
         if member.relid not in recorded:
             if record_new:
                 _record_own_keys(conn, root, member.qualified)
@@ -218,10 +174,9 @@ def sync(
 
 def _forget_own_capture(conn: psycopg.Connection[Any], member: Member, root: TableInfo) -> None:
     """A table captured on its own and later attached to a captured root: its own capture ends."""
-    row = conn.execute("SELECT 1 FROM cdc.captured WHERE relid = %s", [member.relid]).fetchone()
-    if row is None:
+    if not catalog.is_captured(conn, member.relid):
         return
-    conn.execute("DELETE FROM cdc.captured WHERE relid = %s", [member.relid])
+    catalog.forget_table(conn, member.relid)
     triggers.detach(conn, member.relid, member.qualified)  # its triggers use the functions dropped next
     triggers.drop_root_functions(conn, member.relid)
     log.warning(
@@ -237,13 +192,10 @@ def _forget_own_capture(conn: psycopg.Connection[Any], member: Member, root: Tab
 def _leave_other_root(conn: psycopg.Connection[Any], member: Member, root: TableInfo) -> None:
     """A member recorded under another captured root (moved between hierarchies): that root's
     documents of its rows are deleted by recording them as changes of the old root."""
-    row = conn.execute(
-        "SELECT root_relid::int FROM cdc.captured_parts WHERE relid = %s AND root_relid <> %s AND dropped_at IS NULL",
-        [member.relid, root.relid],
-    ).fetchone()
-    if row is None:
+    other = catalog.other_root(conn, member.relid, root.relid)
+    if other is None:
         return
-    old_root = tables.describe(conn, int(row[0]))
+    old_root = tables.describe(conn, other)
     if old_root is not None:
         _record_own_keys(conn, old_root, member.qualified)
         log.warning(
@@ -263,7 +215,7 @@ def _release(conn: psycopg.Connection[Any], root: TableInfo, relid: int) -> str:
         [relid],
     ).fetchone()
     if row is None:
-        conn.execute("UPDATE cdc.captured_parts SET dropped_at = now() WHERE relid = %s", [relid])
+        catalog.mark_part_dropped(conn, relid)
         triggers.detach(conn, relid, None)
         return (
             f"a partition or child of {root.display} (oid {relid}) was dropped: documents of its rows may remain;"
@@ -272,7 +224,7 @@ def _release(conn: psycopg.Connection[Any], root: TableInfo, relid: int) -> str:
     member = Member(relid, row[0], row[1])
     _record_own_keys(conn, root, member.qualified)
     triggers.detach(conn, relid, member.qualified)
-    conn.execute("DELETE FROM cdc.captured_parts WHERE relid = %s", [relid])
+    catalog.forget_part(conn, relid)
     return f"{member.display} left {root.display}: its rows' documents are deleted by the next batch"
 
 
@@ -283,10 +235,10 @@ def reconcile(conn: psycopg.Connection[Any], found: Sequence[Drift]) -> list[str
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
         for root_relid in sorted({item.root for item in found}):
             root = tables.describe(conn, root_relid)
-            settings = conn.execute("SELECT notify FROM cdc.captured WHERE relid = %s", [root_relid]).fetchone()
-            if root is None or settings is None:
+            notify = catalog.notify(conn, root_relid)
+            if root is None or notify is None:
                 continue
-            done += sync(conn, root, notify=bool(settings[0]), record_new=True, refresh=False)
+            done += sync(conn, root, notify=notify, record_new=True, refresh=False)
     return done
 
 
@@ -295,13 +247,8 @@ def clear_dropped(conn: psycopg.Connection[Any], root_relid: int) -> None:
     when there is something to clear (the worker role may read the list, not change it)."""
     if not has_parts_table(conn):
         return
-    gone = (
-        "p.root_relid = %s"
-        " AND (p.dropped_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = p.relid))"
-    )
-    found = conn.execute(f"SELECT EXISTS (SELECT 1 FROM cdc.captured_parts p WHERE {gone})", [root_relid]).fetchone()
-    if found and found[0]:
-        conn.execute(f"DELETE FROM cdc.captured_parts p WHERE {gone}", [root_relid])
+    if catalog.has_gone_parts(conn, root_relid):
+        catalog.forget_gone_parts(conn, root_relid)
 
 
 def problems(conn: psycopg.Connection[Any]) -> list[str]:
@@ -319,24 +266,16 @@ def problems(conn: psycopg.Connection[Any]) -> list[str]:
             "truncate mode": f"captured table {root} gained or lost partitions or children",
         }.get(item.what, f"{member}: {item.what}")
         lines.append(f"{what}: run `cdc install --tables {root}`")
-    for child_relid, child in conn.execute(
-        """SELECT c.oid::int, format('%%s.%%s', n.nspname, c.relname) FROM cdc.captured cp
-           JOIN pg_class c ON c.oid = cp.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = cp.relid)"""
-    ).fetchall():
-        parents = ancestors(conn, int(child_relid))
+    for child_relid, child in catalog.captured_children(conn):
+        parents = ancestors(conn, child_relid)
         if parents:
             lines.append(
                 f"captured table {child} is now a partition or child of {parents[-1]}, which is not captured:"
                 f" statements naming {parents[-1]} miss its rows: run `cdc install --tables {parents[-1]}`"
             )
     if has_parts_table(conn):
-        for root_relid, relid, schema, name in conn.execute(
-            "SELECT root_relid::int, relid::int, schema_name, table_name FROM cdc.captured_parts"
-            " WHERE dropped_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = relid)"
-            " ORDER BY 1, 2"
-        ).fetchall():
-            root = _name(conn, int(root_relid))
+        for root_relid, relid, schema, name in catalog.gone_parts(conn):
+            root = _name(conn, root_relid)
             lines.append(
                 f"{schema}.{name} (oid {relid}), a partition or child of {root}, was dropped: documents of its rows"
                 f" may remain in MongoDB: run `cdc verify --repair --tables {root}`"

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg, tables
+from cdc import catalog, pg, tables
 from cdc.errors import (
     MappingError,
     UsageError,
@@ -380,13 +380,10 @@ NO_MAPPING = "none"  # `--mapping none`: remove the installed mapping (each tabl
 def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
     """The installed model, resolved against the catalog as it is now; None when none is installed."""
     with pg.translated("reading the installed mapping"):
-        present = conn.execute("SELECT to_regclass('cdc.mapping') IS NOT NULL").fetchone()
-        if not present or not present[0]:
-            return None
-        row = conn.execute("SELECT filename, source FROM cdc.mapping").fetchone()
-    if row is None:
+        stored = catalog.stored_mapping(conn)
+    if stored is None:
         return None
-    filename, source = str(row[0]), str(row[1])
+    filename, source = stored
     # every batch loads it: the `where` predicates were compiled at install
     return resolve(conn, parse(source, filename), f"{filename} (as installed)", source, strict=False)
 
@@ -394,11 +391,8 @@ def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
 def installed_filename(conn: psycopg.Connection[Any]) -> str | None:
     """The name the installed mapping file had, or None when none is installed."""
     with pg.translated("reading the installed mapping"):
-        present = conn.execute("SELECT to_regclass('cdc.mapping') IS NOT NULL").fetchone()
-        if not present or not present[0]:
-            return None
-        row = conn.execute("SELECT filename FROM cdc.mapping").fetchone()
-    return str(row[0]) if row else None
+        stored = catalog.stored_mapping(conn)
+    return stored[0] if stored is not None else None
 
 
 def read_file(path: str) -> tuple[str, str]:
@@ -412,6 +406,4 @@ def read_file(path: str) -> tuple[str, str]:
 
 def store(conn: psycopg.Connection[Any], model: DocumentModel | None, filename: str) -> None:
     """Replace the installed mapping (in the caller's transaction)."""
-    conn.execute("DELETE FROM cdc.mapping")
-    if model is not None:
-        conn.execute("INSERT INTO cdc.mapping (filename, source) VALUES (%s, %s)", [filename, model.source])
+    catalog.store_mapping(conn, (filename, model.source) if model is not None else None)

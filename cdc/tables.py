@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg, sqlfiles
+from cdc import catalog, pg, sqlfiles
 from cdc.codec import Column
 from cdc.errors import ConfigError
 
@@ -161,11 +161,7 @@ def describe(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str] 
     """
     queries = sqlfiles.queries("capture.sql")
     with pg.translated(f"reading the catalog for table oid {relid}"):
-        named = conn.execute(
-            "SELECT n.nspname::text, c.relname::text, to_regclass('cdc.captured') IS NOT NULL"
-            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-            [relid],
-        ).fetchone()
+        named = catalog.relation_name(conn, relid)
         if named is None:
             return None
         column_rows = conn.execute(queries["table_columns"].text.encode(), {"relid": relid}).fetchall()
@@ -192,12 +188,7 @@ def stored_exclusions(conn: psycopg.Connection[Any], relid: int) -> tuple[str, .
     Read through ``to_jsonb`` of the whole row, so a ledger installed before the column existed
     (not yet migrated by re-running ``cdc install``) reads as no exclusions instead of failing.
     """
-    row = conn.execute(
-        "SELECT to_jsonb(cp) -> 'excluded_columns' FROM cdc.captured AS cp WHERE cp.relid = %s", [relid]
-    ).fetchone()
-    if row is None or not isinstance(row[0], list):
-        return ()
-    return tuple(str(name) for name in row[0])
+    return catalog.excluded_columns(conn, relid)
 
 
 def without_columns(table: TableInfo, excluded: Sequence[str]) -> TableInfo:

@@ -185,3 +185,20 @@ def test_a_table_captured_on_its_own_then_attached_joins_the_parent_collection(e
     with psycopg.connect(dbs.pg_dsn) as conn:
         own = conn.execute("SELECT count(*) FROM cdc.captured WHERE table_name = 'm2028'").fetchone()
     assert own == (0,)  # no longer a collection of its own
+
+
+def test_a_captured_table_attached_under_an_uncaptured_parent_is_reported_by_name(env, dbs, cdc):
+    run_sql(
+        dbs.pg_dsn,
+        "CREATE TABLE sightings (id int PRIMARY KEY, place text)",
+        "CREATE TABLE birds (id int PRIMARY KEY, place text, name text)",
+    )
+    assert cdc("install", "--tables", "birds", env=env).returncode == 0
+    assert cdc("status", env=env).returncode == 0
+    run_sql(dbs.pg_dsn, "ALTER TABLE birds INHERIT sightings")
+    status = cdc("status", env=env)
+    assert status.returncode == 1
+    assert (
+        "captured table public.birds is now a partition or child of public.sightings, which is not captured"
+        in status.stdout + status.stderr
+    ), status.stdout + status.stderr
