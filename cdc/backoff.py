@@ -10,13 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from cdc.errors import ArchiveWriteError, LockLost, MongoUnavailable, PostgresUnavailable
+from cdc.errors import transient_errors
 
 log = logging.getLogger("cdc.worker")
 
 # Faults that may pass on their own (``CdcError.transient``): a loop retries them, backing off;
 # anything else stops it.
-TRANSIENT = tuple(cls for cls in (PostgresUnavailable, MongoUnavailable, LockLost, ArchiveWriteError) if cls.transient)
+TRANSIENT = transient_errors()
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 STILL_FAILING_EVERY_S = 300.0

@@ -7,7 +7,7 @@ Readers never commit; writers run in the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -15,9 +15,8 @@ import psycopg
 from cdc import sqlfiles
 
 
-def _run(conn: psycopg.Connection[Any], name: str, params: Mapping[str, Any] | None = None) -> psycopg.Cursor[Any]:
-    # params are always passed (an empty dict at least), so a block's %% reads as one %
-    return conn.execute(sqlfiles.queries("catalog.sql")[name].text.encode(), dict(params or {}))
+def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+    return sqlfiles.run(conn, "catalog.sql", name, params)
 
 
 def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -30,10 +29,6 @@ def _text_list(value: object) -> tuple[str, ...]:
 
 
 # ---- cdc.captured -------------------------------------------------------------------------------
-
-
-def captured_exists(conn: psycopg.Connection[Any]) -> bool:
-    return _exists(conn, "cdc.captured")
 
 
 def register_table(

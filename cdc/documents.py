@@ -35,22 +35,12 @@ from cdc import ledger
 from cdc.codec import BSON_MAX_SIZE, Column, Converter, converter, position, select_expression
 from cdc.mapping import Collection, DocumentModel, Node
 from cdc.tables import TableInfo
-from cdc.triggers import key_text, key_type_name
+from cdc.triggers import cast_key, key_text
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500
 _ROOTS_TABLE = sql.Identifier("cdc_roots")
-
-
-def _cast_key(table: TableInfo, text: sql.Composable) -> list[sql.Composable]:
-    """The typed key columns of a key in the outbox's text form."""
-    if len(table.key_columns) == 1:
-        return [sql.SQL("({}::{})").format(text, sql.SQL(table.key_type(table.key_columns[0])))]
-    return [
-        sql.SQL("(({}::{}).{})").format(text, key_type_name(table.relid), sql.Identifier(column))
-        for column in table.key_columns
-    ]
 
 
 def _row_key(table: TableInfo, alias: str) -> sql.Composable:
@@ -111,7 +101,7 @@ def _touched_rows(model: DocumentModel, node: Node) -> sql.Composable:
         sql.SQL(", ").join(sql.Identifier("t", c) for c in node.join_columns),
         _source(node),
         _row_key(table, "t"),
-        sql.SQL(", ").join(_cast_key(table, sql.SQL("changed.key"))),
+        sql.SQL(", ").join(cast_key(table, sql.SQL("changed.key"))),
         _changed_keys(table, shown_only=True),
     )
     recorded = model.join_columns(table.relid)
@@ -242,7 +232,7 @@ def _node_query(collection: Collection, node: Node) -> sql.Composed:
         sql.SQL(", ").join(selects),
         sql.SQL(" ").join(joins),
         _row_key(root, "a0"),
-        sql.SQL(", ").join(_cast_key(root, sql.SQL("r.k"))),
+        sql.SQL(", ").join(cast_key(root, sql.SQL("r.k"))),
         sql.SQL(", ").join(order),
     )
 
@@ -251,7 +241,7 @@ def _root_query(collection: Collection) -> sql.Composed:
     """Each chunk key: its key values (for ``_id``), whether the root row exists, and its columns."""
     root = collection.root.table
     by_name = {column.name: column for column in root.columns}
-    keys = _cast_key(root, sql.SQL("r.k"))
+    keys = cast_key(root, sql.SQL("r.k"))
     shape = _shape(collection.root)
     return sql.SQL(
         "SELECT r.k, {}, t.ctid IS NOT NULL, {} FROM unnest(%(keys)s::text[]) AS r(k) LEFT JOIN {} AS t ON {} = ({})"

@@ -101,6 +101,19 @@ class Interrupted(CdcError):
     """The snapshot was stopped (SIGINT or SIGTERM) between two pages or two batches."""
 
 
+def transient_errors() -> tuple[type[CdcError], ...]:
+    """Every error class marked ``transient`` (its subclasses are caught with it)."""
+    found: list[type[CdcError]] = []
+    pending: list[type[CdcError]] = [CdcError]
+    while pending:
+        cls = pending.pop()
+        if cls.transient:
+            found.append(cls)
+        else:
+            pending.extend(cls.__subclasses__())
+    return tuple(sorted(found, key=lambda cls: cls.__name__))
+
+
 def shorten(value: Any, limit: int = 120) -> str:
     """``value`` as text for an error line, cut to ``limit`` characters with an ellipsis."""
     text = str(value)

@@ -90,18 +90,20 @@ def _flatten(value: list[Any], width: int) -> list[Any]:
     return flat
 
 
-def _document(node: Node, rules: list[ColumnRule], values: list[Any]) -> dict[str, Any]:
+def _document(node: Node, rules_of: dict[int, list[ColumnRule]], values: list[Any]) -> dict[str, Any]:
+    """``node``'s part of a document from its JSON values; ``rules_of`` maps each node (by id) to its rules,
+    built once per collection."""
+    rules = rules_of[id(node)]
     values = _flatten(values, len(rules) + len(node.children))
     document: dict[str, Any] = {}
     for name, rule, value in zip(node.names, rules, values, strict=False):
         document[name] = expected.expected_value(rule, expected.from_json(rule, value))
     for child, value in zip(node.children, values[len(rules) :], strict=True):
         assert child.field is not None
-        child_rules = _rules(child)
         if child.many:
-            document[child.field] = [_document(child, child_rules, item) for item in value or []]
+            document[child.field] = [_document(child, rules_of, item) for item in value or []]
         else:
-            document[child.field] = None if value is None else _document(child, child_rules, value)
+            document[child.field] = None if value is None else _document(child, rules_of, value)
     return document
 
 
@@ -124,11 +126,11 @@ def rows(conn: psycopg.Connection[Any], collection: Collection) -> Iterator[tupl
         _node_value(root, "a0", 0),
         root.table.qualified,
     )
-    rules = _rules(root)
+    rules_of = {id(node): _rules(node) for node in collection.nodes()}
     with conn.cursor(name=f"verify_documents_{root.table.relid}") as cur:
         cur.itersize = _FETCH
         cur.execute(query)
         for row in cur:
             values = json.loads(row[-1], parse_float=Decimal, parse_int=_integer)
             document_id = expected.expected_id(keys, list(row[1:-1]))
-            yield row[0], document_id, {"_id": document_id, **_document(root, rules, values)}
+            yield row[0], document_id, {"_id": document_id, **_document(root, rules_of, values)}

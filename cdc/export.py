@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import archive, capture, documents, faults, ledger, mapping, pg, tables
+from cdc import archive, documents, faults, ledger, mapping, pg, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
 from cdc.errors import (
@@ -37,6 +37,7 @@ from cdc.errors import (
     shorten,
 )
 from cdc.tables import TableInfo
+from cdc.triggers import cast_key
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,7 @@ def check_row_security(conn: psycopg.Connection[Any], table: TableInfo) -> None:
 
 def _rows_query(table: TableInfo) -> sql.Composed:
     """Each changed key of the batch with its last position, its row (if any), in one statement."""
-    if len(table.key_columns) == 1:
-        key_values = [sql.SQL("(changed.key::{})").format(sql.SQL(table.key_type(table.key_columns[0])))]
-    else:
-        key_values = [
-            sql.SQL("((changed.key::{}).{})").format(capture.key_type_name(table.relid), sql.Identifier(column))
-            for column in table.key_columns
-        ]
+    key_values = cast_key(table, sql.SQL("changed.key"))
     by_name = {column.name: column for column in table.columns}
     key_selects = [
         select_expression(by_name[column], value) for column, value in zip(table.key_columns, key_values, strict=True)

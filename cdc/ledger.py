@@ -58,14 +58,14 @@ class Claim:
     keys: int
 
 
-def _sql(name: str) -> bytes:
-    return sqlfiles.queries("ledger.sql")[name].text.encode()
+def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+    return sqlfiles.run(conn, "ledger.sql", name, params)
 
 
 def outbox_head(conn: psycopg.Connection[Any]) -> int:
     """The highest position in the outbox now (0 when empty). A reader: the caller ends the transaction."""
     with pg.translated("reading the outbox"):
-        row = conn.execute(_sql("outbox_head")).fetchone()
+        row = _run(conn, "outbox_head").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -73,7 +73,7 @@ def claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: Mode
     """In the caller's transaction: lock the oldest outbox rows up to ``up_to`` until they hold
     ``batch_size`` keys (at least one row: one statement may hold a million keys), and move them
     into a new batch. None when there is nothing to claim."""
-    candidates = conn.execute(_sql("claim_candidates"), {"up_to": up_to, "limit": batch_size}).fetchall()
+    candidates = _run(conn, "claim_candidates", {"up_to": up_to, "limit": batch_size}).fetchall()
     if not candidates:
         return None
     chosen, keys = [], 0
@@ -82,31 +82,32 @@ def claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: Mode
         keys += int(count)
         if keys >= batch_size:
             break
-    row = conn.execute(_sql("next_batch_id")).fetchone()
+    row = _run(conn, "next_batch_id").fetchone()
     assert row is not None
     batch_id = int(row[0])
-    conn.execute(
-        _sql("insert_batch"),
+    _run(
+        conn,
+        "insert_batch",
         {"batch": batch_id, "mode": str(mode), "pos_min": chosen[0], "pos_max": chosen[-1], "keys": keys},
     )
-    conn.execute(_sql("move_claimed"), {"positions": chosen, "batch": batch_id})
+    _run(conn, "move_claimed", {"positions": chosen, "batch": batch_id})
     return Claim(batch_id, chosen, keys)
 
 
 def give_back_batch_id(conn: psycopg.Connection[Any], batch_id: int) -> None:
     """After a claim rolled back: the next claim may take ``batch_id`` again (only claims draw ids, in
     turns, so while the sequence's last value is still ``batch_id`` nobody drew one since)."""
-    conn.execute(_sql("give_back_batch_id"), {"batch": batch_id})
+    _run(conn, "give_back_batch_id", {"batch": batch_id})
 
 
 def mark_exported(conn: psycopg.Connection[Any], batch_id: int, counts: dict[str, dict[str, int]]) -> None:
     """In the claim's transaction: the batch is archived (its manifest written and fsynced)."""
-    conn.execute(_sql("mark_exported"), {"batch": batch_id, "counts": orjson.dumps(counts).decode()})
+    _run(conn, "mark_exported", {"batch": batch_id, "counts": orjson.dumps(counts).decode()})
 
 
 def batch_info(conn: psycopg.Connection[Any], batch_id: int) -> BatchInfo | None:
     with pg.translated("reading the ledger"):
-        row = conn.execute(_sql("batch_info"), {"batch": batch_id}).fetchone()
+        row = _run(conn, "batch_info", {"batch": batch_id}).fetchone()
     if row is None:
         return None
     return BatchInfo(int(row[0]), Mode(row[1]), State(row[2]), row[3], row[4], int(row[5] or 0))
@@ -114,15 +115,13 @@ def batch_info(conn: psycopg.Connection[Any], batch_id: int) -> BatchInfo | None
 
 def batch_relations(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, list[int]]]:
     """Each relation in the batch with its truncate positions."""
-    rows = conn.execute(_sql("batch_relations"), {"batch": batch_id}).fetchall()
+    rows = _run(conn, "batch_relations", {"batch": batch_id}).fetchall()
     return [(int(relid), list(truncates)) for relid, truncates in rows]
 
 
 def batch_table_keys(conn: psycopg.Connection[Any], batch_id: int, relid: int) -> list[tuple[int, str]]:
     """(position, key text) of every change of ``relid`` in the batch."""
-    return [
-        (int(pos), str(key)) for pos, key in conn.execute(_sql("batch_table_keys"), {"batch": batch_id, "relid": relid})
-    ]
+    return [(int(pos), str(key)) for pos, key in _run(conn, "batch_table_keys", {"batch": batch_id, "relid": relid})]
 
 
 def changed_keys(relid: int, ops: str = "k", *, shown_only: bool = False) -> sql.Composable:
@@ -158,7 +157,7 @@ def old_join_values(relid: int, casts: sql.Composable) -> sql.Composable:
 
 def batch_ops(conn: psycopg.Connection[Any], batch_id: int) -> list[tuple[int, str]]:
     """(relid, op) pairs present in the batch."""
-    rows = conn.execute(_sql("batch_ops"), {"batch": batch_id}).fetchall()
+    rows = _run(conn, "batch_ops", {"batch": batch_id}).fetchall()
     return [(int(relid), str(op)) for relid, op in rows]
 
 
@@ -166,7 +165,7 @@ def pending_batches(conn: psycopg.Connection[Any]) -> list[int]:
     """Batches claimed for applying (run or snapshot) and not yet applied, in ledger order. A reader:
     the caller ends the transaction."""
     with pg.translated("reading the ledger"):
-        rows = conn.execute(_sql("pending_batches")).fetchall()
+        rows = _run(conn, "pending_batches").fetchall()
     return [int(row[0]) for row in rows]
 
 
@@ -177,32 +176,32 @@ def committed_batches(conn: psycopg.Connection[Any], first: int | None = None, l
     claim and never held a change. A reader: the caller ends the transaction.
     """
     with pg.translated("reading the ledger"):
-        rows = conn.execute(_sql("committed_batches"), {"first": first, "last": last}).fetchall()
+        rows = _run(conn, "committed_batches", {"first": first, "last": last}).fetchall()
     return {int(row[0]) for row in rows}
 
 
 def mark_applied(conn: psycopg.Connection[Any], batch_id: int) -> None:
     """Applied: MongoDB acknowledged every write with w:majority. The claimed keys are released; commits."""
     with pg.translated(f"marking batch {batch_id} applied"):
-        conn.execute(_sql("mark_applied"), {"batch": batch_id})
-        conn.execute(_sql("release_changes"), {"batches": [batch_id]})
+        _run(conn, "mark_applied", {"batch": batch_id})
+        _run(conn, "release_changes", {"batches": [batch_id]})
         conn.commit()
 
 
 def release_changes(conn: psycopg.Connection[Any], batch_ids: list[int]) -> None:
     """Drop the claimed keys the ledger holds for these batches (pruned ones); in the caller's transaction."""
-    conn.execute(_sql("release_changes"), {"batches": batch_ids})
+    _run(conn, "release_changes", {"batches": batch_ids})
 
 
 def enqueue_keys(conn: psycopg.Connection[Any], relid: int, keys: list[str], op: str = "k") -> None:
     """Put keys (outbox text form) back as changes of ``relid``, read again at drain time; in the
     caller's transaction. ``op`` ``r``: a refresh of a mapped collection's roots only."""
-    conn.execute(_sql("enqueue_keys"), {"relid": relid, "op": op, "keys": keys})
+    _run(conn, "enqueue_keys", {"relid": relid, "op": op, "keys": keys})
 
 
 def enqueue_keys_at(conn: psycopg.Connection[Any], relid: int, keys: list[str], op: str = "k") -> int:
     """``enqueue_keys``, returning the position the keys were given."""
-    row = conn.execute(_sql("enqueue_keys_at"), {"relid": relid, "op": op, "keys": keys}).fetchone()
+    row = _run(conn, "enqueue_keys_at", {"relid": relid, "op": op, "keys": keys}).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -210,47 +209,45 @@ def enqueue_keys_at(conn: psycopg.Connection[Any], relid: int, keys: list[str], 
 def waiting_up_to(conn: psycopg.Connection[Any], pos: int, *, applying: bool) -> bool:
     """Whether changes up to ``pos`` still wait (outbox, or batches not applied / not archived)."""
     with pg.translated("reading the ledger"):
-        row = conn.execute(_sql("waiting_up_to"), {"pos": pos, "applying": applying}).fetchone()
+        row = _run(conn, "waiting_up_to", {"pos": pos, "applying": applying}).fetchone()
     return bool(row and row[0])
 
 
 def unfinished(conn: psycopg.Connection[Any]) -> int:
     """Outbox rows plus batches not applied (0: everything captured is in MongoDB)."""
-    row = conn.execute(_sql("unfinished")).fetchone()
+    row = _run(conn, "unfinished").fetchone()
     return int(row[0]) if row else 0
 
 
 def export_batches_not_loaded(conn: psycopg.Connection[Any], before: int | None = None) -> list[int]:
     """Batches of ``cdc export`` not marked loaded (or applied), optionally only those below ``before``."""
     with pg.translated("reading the ledger"):
-        rows = conn.execute(_sql("export_batches_not_loaded"), {"before": before}).fetchall()
+        rows = _run(conn, "export_batches_not_loaded", {"before": before}).fetchall()
     return [int(row[0]) for row in rows]
 
 
 def batches_between(conn: psycopg.Connection[Any], first: int, last: int) -> list[tuple[int, str, str]]:
     with pg.translated("reading the ledger"):
-        rows = conn.execute(_sql("batches_between"), {"first": first, "last": last}).fetchall()
+        rows = _run(conn, "batches_between", {"first": first, "last": last}).fetchall()
     return [(int(batch_id), str(mode), str(state)) for batch_id, mode, state in rows]
 
 
 def mark_loaded(conn: psycopg.Connection[Any], batch_ids: list[int]) -> None:
     """Export batches loaded outside the pipeline count as applied; in the caller's transaction."""
     with pg.translated("marking batches loaded"):
-        conn.execute(_sql("mark_loaded"), {"batches": batch_ids})
+        _run(conn, "mark_loaded", {"batches": batch_ids})
 
 
 def prune_candidates(conn: psycopg.Connection[Any], folders: list[int]) -> list[tuple[Any, ...]]:
     """The ledger's rows of the archive's folders, and of export batches whose keys it still holds."""
     with pg.translated("reading the ledger"):
-        return [tuple(row) for row in conn.execute(_sql("prune_candidates"), {"folders": folders}).fetchall()]
+        return [tuple(row) for row in _run(conn, "prune_candidates", {"folders": folders}).fetchall()]
 
 
 def last_batches(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
     """(last exported id, its mode, exported_at, age s, last applied id, applied_at, age s, worker running)."""
     with pg.translated("reading the ledger"):
-        row = conn.execute(
-            _sql("last_batches"), {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}
-        ).fetchone()
+        row = _run(conn, "last_batches", {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}).fetchone()
     assert row is not None
     return tuple(row)
 
@@ -284,7 +281,7 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
     (or a fresh transaction) for a live reading.
     """
     with pg.translated("reading the backlog"):
-        row = conn.execute(_sql("backlog")).fetchone()
+        row = _run(conn, "backlog").fetchone()
     assert row is not None
     outbox_statements, outbox_changes, outbox_age, held_statements, held_changes, batches, claim_age = row
     outbox_age_s = float(outbox_age) if outbox_age is not None else 0.0
@@ -304,9 +301,7 @@ def backlog(conn: psycopg.Connection[Any]) -> Backlog:
 def worker_running(conn: psycopg.Connection[Any]) -> bool:
     """Whether a worker (`cdc run`, an applying snapshot, a repair) holds the worker lock."""
     with pg.translated("looking for a running worker"):
-        row = conn.execute(
-            _sql("worker_running"), {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}
-        ).fetchone()
+        row = _run(conn, "worker_running", {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}).fetchone()
     return bool(row and row[0])
 
 
@@ -330,7 +325,7 @@ class SnapshotStep:
 def snapshot_progress_access(conn: psycopg.Connection[Any]) -> tuple[bool, bool]:
     """(the progress table exists, this role may read and write it)."""
     with pg.translated("checking the snapshot progress table"):
-        row = conn.execute(_sql("snapshot_progress_access")).fetchone()
+        row = _run(conn, "snapshot_progress_access").fetchone()
     return (bool(row[0]), bool(row[1])) if row else (False, False)
 
 
@@ -338,15 +333,16 @@ def record_snapshot_page(  # noqa: PLR0917 (one page's facts)
     conn: psycopg.Connection[Any], relid: int, op: str, mode: str, last_key: str, pos: int, keys: int
 ) -> None:
     """In the page's transaction: how far the table's snapshot got."""
-    conn.execute(
-        _sql("snapshot_page"),
+    _run(
+        conn,
+        "snapshot_page",
         {"relid": relid, "op": op, "mode": mode, "last_key": last_key, "pos": pos, "keys": keys},
     )
 
 
 def record_snapshot_done(conn: psycopg.Connection[Any], relid: int, op: str, mode: str) -> None:
     """In the last (empty) page's transaction: every key of the table is enqueued."""
-    conn.execute(_sql("snapshot_table_done"), {"relid": relid, "op": op, "mode": mode})
+    _run(conn, "snapshot_table_done", {"relid": relid, "op": op, "mode": mode})
 
 
 def snapshot_steps(
@@ -356,8 +352,8 @@ def snapshot_steps(
     if not steps:
         return {}
     with pg.translated("reading the snapshot progress"):
-        rows = conn.execute(
-            _sql("snapshot_steps"), {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
+        rows = _run(
+            conn, "snapshot_steps", {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
         ).fetchall()
     return {
         (int(r[0]), str(r[1])): SnapshotStep(int(r[0]), str(r[1]), r[2], r[3], r[4], int(r[5]), r[6], r[7])
@@ -368,17 +364,15 @@ def snapshot_steps(
 def forget_snapshot_steps(conn: psycopg.Connection[Any], steps: Sequence[tuple[int, str]]) -> None:
     """In the caller's transaction: drop the records of these (relid, op) pairs."""
     with pg.translated("clearing the snapshot progress"):
-        conn.execute(
-            _sql("forget_snapshot_steps"), {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]}
-        )
+        _run(conn, "forget_snapshot_steps", {"relids": [relid for relid, _ in steps], "ops": [op for _, op in steps]})
 
 
 def installed(conn: psycopg.Connection[Any]) -> bool:
     """Whether the ledger exists (capture is installed). A reader."""
-    row = conn.execute(_sql("installed")).fetchone()
+    row = _run(conn, "installed").fetchone()
     return bool(row and row[0])
 
 
 def discard_outbox(conn: psycopg.Connection[Any]) -> None:
     """Drop every waiting change, in the caller's transaction: for the bench's throw-away table only."""
-    conn.execute(_sql("discard_outbox"))
+    _run(conn, "discard_outbox")

@@ -160,13 +160,14 @@ def resolve(
     if not isinstance(collections, dict) or not collections:
         raise MappingError(f"{filename}: collections: no collection declared")
     resolved = []
+    tables_read: dict[str, TableInfo] = {}  # each table named in the file described once
     for name, body in collections.items():
         path = f"collections.{name}"
         if not isinstance(body, dict):
             raise MappingError(f"{filename}: {path}: expected a table of settings")
         if not name or name.startswith("$") or "\x00" in name or name.startswith("system."):
             raise MappingError(f"{filename}: {path}: {name!r} is not a valid collection name")
-        root = _node(conn, body, _Place(filename, path, strict=strict), None)
+        root = _node(conn, body, _Place(filename, path, strict=strict, tables_read=tables_read), None)
         resolved.append(Collection(name, root))
     return DocumentModel(tuple(resolved), source)
 
@@ -184,6 +185,7 @@ class _Place:
     parent: TableInfo | None = None
     seen: tuple[int, ...] = ()
     strict: bool = True  # also compile each `where` (install only: a bad predicate fails the export anyway)
+    tables_read: dict[str, TableInfo] = field(default_factory=dict, compare=False)  # by name, in this resolve
 
 
 def _node(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place, field_name: str | None) -> Node:
@@ -191,7 +193,7 @@ def _node(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place, fi
     unknown = set(body) - _NODE_KEYS
     if unknown:
         raise _fail(filename, f"{path}.{sorted(unknown)[0]}", "unknown key")
-    table = _table(conn, body.get("table"), filename, path)
+    table = _table(conn, body.get("table"), filename, path, place.tables_read)
     if table.relid in place.seen:
         raise _fail(filename, path, f"a cycle: table {table.display} already encloses this one")
     reason = tables.refusal(table)
@@ -241,7 +243,12 @@ def _children(conn: psycopg.Connection[Any], body: dict[str, Any], place: _Place
     children = []
     for child_field, child_body in embeds.items():
         child_place = _Place(
-            place.filename, f"{place.path}.embed.{child_field}", table, (*place.seen, table.relid), place.strict
+            place.filename,
+            f"{place.path}.embed.{child_field}",
+            table,
+            (*place.seen, table.relid),
+            place.strict,
+            place.tables_read,
         )
         if not isinstance(child_body, dict):
             raise _fail(place.filename, child_place.path, "expected a table of settings")
@@ -265,9 +272,14 @@ def _check_field_name(name: str, filename: str, path: str, root: bool) -> None:
         raise _fail(filename, path, f"field name {name!r}: it may not start with '$', hold '.', or be _id/_cdc")
 
 
-def _table(conn: psycopg.Connection[Any], value: Any, filename: str, path: str) -> TableInfo:
+def _table(
+    conn: psycopg.Connection[Any], value: Any, filename: str, path: str, read: dict[str, TableInfo]
+) -> TableInfo:
+    """The table ``value`` names (described once per resolve: ``read`` holds those described)."""
     if not isinstance(value, str) or not value:
         raise _fail(filename, f"{path}.table", "expected a table name")
+    if value in read:
+        return read[value]
     try:
         [relid] = tables.find_all(conn, [value], tables.DEFAULT_SCHEMA)
     except UsageError:
@@ -276,6 +288,7 @@ def _table(conn: psycopg.Connection[Any], value: Any, filename: str, path: str) 
         raise _fail(filename, f"{path}.table", str(exc)) from None
     info = tables.describe(conn, relid)
     assert info is not None
+    read[value] = info
     return info
 
 

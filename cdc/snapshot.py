@@ -33,6 +33,7 @@ from cdc.errors import (
 from cdc.progress import Progress
 from cdc.snapshot_resume import Recorder, ResumePlan
 from cdc.tables import TableInfo
+from cdc.triggers import cast_key
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
@@ -56,16 +57,6 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
     if missing:
         raise ConfigError(f"not captured: {', '.join(sorted(missing))} (run `cdc install --tables …` first)")
     return found
-
-
-def _parsed_key(table: TableInfo) -> sql.Composable:
-    """The key text in ``%(after)s`` (as the outbox holds it) back as the key's typed columns."""
-    if len(table.key_columns) == 1:
-        return sql.SQL("%(after)s::{}").format(sql.SQL(table.key_type(table.key_columns[0])))
-    return sql.SQL(", ").join(
-        sql.SQL("(%(after)s::{}).{}").format(capture.key_type_name(table.relid), sql.Identifier(column))
-        for column in table.key_columns
-    )
 
 
 def enqueue_table(
@@ -92,7 +83,9 @@ def enqueue_table(
     key_text = capture.key_text(table, "t")
     last_values = sql.SQL(", ").join(sql.Placeholder(f"k{i}") for i in range(len(table.key_columns)))
     page_after = sql.SQL("WHERE ({key}) > ({last})").format(key=key, last=last_values)
-    resume_after = sql.SQL("WHERE ({key}) > ({last})").format(key=key, last=_parsed_key(table))
+    resume_after = sql.SQL("WHERE ({key}) > ({last})").format(
+        key=key, last=sql.SQL(", ").join(cast_key(table, sql.Placeholder("after")))
+    )
     total = 0
     last: tuple[Any, ...] | None = None
     while True:

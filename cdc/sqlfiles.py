@@ -1,7 +1,7 @@
 """SQL shipped in ``schema/`` (package ``cdc.sql``), loaded by name.
 
 A file is either run whole (``script``) or split into named blocks (``queries``): each block
-starts with ``-- name: <name>`` and may carry ``-- kind: <kind>``.
+starts with ``-- name: <name>`` and may carry ``-- kind: <kind>``. ``run`` executes a block.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+
+import psycopg
 
 _BLOCK_START = re.compile(r"^--\s*name:\s*(?P<name>\w+)\s*$", re.M)
 _KIND = re.compile(r"^--\s*kind:\s*(?P<kind>\w+)\s*$", re.M)
@@ -45,3 +48,16 @@ def queries(filename: str) -> dict[str, NamedQuery]:
             text=sql_text.rstrip(";"),
         )
     return blocks
+
+
+@functools.cache
+def _encoded(filename: str, name: str) -> bytes:
+    return queries(filename)[name].text.encode()
+
+
+def run(
+    conn: psycopg.Connection[Any], filename: str, name: str, params: dict[str, Any] | None = None
+) -> psycopg.Cursor[Any]:
+    """Execute the block ``name`` of ``schema/<filename>``. Parameters are always passed (an empty dict
+    at least), so a block reads the same with or without them: its ``%%`` is always one ``%``."""
+    return conn.execute(_encoded(filename, name), params if params is not None else {})

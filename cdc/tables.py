@@ -159,13 +159,12 @@ def describe(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str] 
     Its ``columns`` leave out the columns excluded from capture: ``excluded`` when given, else the
     list stored in ``cdc.captured`` (none before capture is installed).
     """
-    queries = sqlfiles.queries("capture.sql")
     with pg.translated(f"reading the catalog for table oid {relid}"):
         named = catalog.relation_name(conn, relid)
         if named is None:
             return None
-        column_rows = conn.execute(queries["table_columns"].text.encode(), {"relid": relid}).fetchall()
-        key_rows = conn.execute(queries["table_key"].text.encode(), {"relid": relid}).fetchall()
+        column_rows = sqlfiles.run(conn, "capture.sql", "table_columns", {"relid": relid}).fetchall()
+        key_rows = sqlfiles.run(conn, "capture.sql", "table_key", {"relid": relid}).fetchall()
         if excluded is None:
             excluded = stored_exclusions(conn, relid) if named[2] else ()
     columns = tuple(

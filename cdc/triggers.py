@@ -47,6 +47,16 @@ def key_type_name(relid: int) -> sql.Identifier:
     return sql.Identifier("cdc", f"key_{relid}")
 
 
+def cast_key(table: TableInfo, text: sql.Composable) -> list[sql.Composable]:
+    """The typed key columns of a key in its text form (``key_text``), as the outbox holds it."""
+    if len(table.key_columns) == 1:
+        return [sql.SQL("({}::{})").format(text, sql.SQL(table.key_type(table.key_columns[0])))]
+    return [
+        sql.SQL("(({}::{}).{})").format(text, key_type_name(table.relid), sql.Identifier(column))
+        for column in table.key_columns
+    ]
+
+
 def function_name(prefix: str, relid: int) -> sql.Identifier:
     return sql.Identifier("cdc", f"capture_{prefix}_{relid}")
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from cdc.metrics import Metrics
 
 log = logging.getLogger(__name__)
+# what the run loop retries, backing off: the transient faults, and a driver error that escaped translation
+_RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, psycopg.OperationalError)
 
 # what `cdc run`, the tests and the bench import from here
 __all__ = ["SUMMARY_EVERY_S", "WORKER_LOCK", "Backoff", "LockLost", "RunStats", "Summary", "Worker"]
@@ -287,11 +289,16 @@ class Worker:
                         if self.stop.is_set():
                             break
                     self.cycle()
-                except (*TRANSIENT, psycopg.OperationalError) as exc:
+                except _RETRIED as exc:
                     # (a driver error that escaped translation, on a connection a server restart cut: the same fault)
-                    if isinstance(exc, psycopg.OperationalError) and not pg.is_transient(exc):
-                        raise
-                    backoff.failed(exc if isinstance(exc, CdcError) else PostgresUnavailable(pg.describe(exc)))
+                    if isinstance(exc, psycopg.OperationalError):
+                        if not pg.is_transient(exc):
+                            raise
+                        fault: CdcError = PostgresUnavailable(pg.describe(exc))
+                    else:
+                        assert isinstance(exc, CdcError)
+                        fault = exc
+                    backoff.failed(fault)
                     backoff.wait()
                     continue
                 backoff.succeeded()

@@ -11,10 +11,10 @@ import psycopg
 
 from cdc import capture, ledger, shutdown
 from cdc import export as exporter  # the stage (this module's command is named export)
+from cdc.backoff import TRANSIENT, Backoff
 from cdc.commands.options import settings_options
 from cdc.config import Settings
-from cdc.errors import ArchiveWriteError, CdcError, ConfigError, PostgresUnavailable
-from cdc.worker import Backoff
+from cdc.errors import CdcError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     totals = [0, 0]  # batches, changes
     conn = exporter.drain_connection(dsn)
     try:
-        if not capture.is_installed(conn):
-            raise ConfigError("capture is not installed: run `cdc install` first")
+        capture.require_installed(conn)
         exporter.recover_partials(conn, settings.archive_dir)
         if once:
             head = ledger.outbox_head(conn)
@@ -75,7 +74,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
                         conn = exporter.drain_connection(dsn)
                         exporter.recover_partials(conn, settings.archive_dir)
                     _drain(conn, settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
-                except (PostgresUnavailable, ArchiveWriteError) as exc:
+                except TRANSIENT as exc:  # (no MongoDB and no worker lock here: PostgreSQL or the archive)
                     backoff.failed(exc)
                     backoff.wait()
                     continue
