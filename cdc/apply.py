@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ import bson.errors
 import pymongo
 import pymongo.errors
 from bson.codec_options import CodecOptions
+from bson.int64 import Int64
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
@@ -49,6 +51,10 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
+# the target's record of the highest version (_cdc.pos) it was ever given: {_id: "versions", version},
+# raised before each batch's first write; `cdc run` and `cdc snapshot` move positions past it (cdc.epoch)
+STATE_COLLECTION = "_cdc_state"
+VERSIONS_ID = "versions"
 CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
 CHUNK_BYTES = 16 * 1024 * 1024
 FIRST_CHUNK = 500
@@ -159,7 +165,7 @@ def composite_key_index_default() -> bool:
 class KeyFields:
     """Composite keys: the key's columns, which a table's documents also hold as ordinary fields, are
     repeated in every guarded filter beside ``_id``, and a compound index on them is created once per
-    collection (``cdc_key``).
+    collection (``cdc_key_…``, named after the key).
 
     Why: a server may look a document-valued ``_id`` up by scanning (SecantusDB does: 3 guarded
     replaces/s at 30,000 documents; about 880/s with this). On MongoDB itself the ``_id`` index
@@ -171,8 +177,8 @@ class KeyFields:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._indexed: set[str] = set()
-        self._refused: set[str] = set()
+        self._indexed: set[tuple[str, tuple[str, ...]]] = set()
+        self._refused: set[tuple[str, tuple[str, ...]]] = set()
         self._lock = threading.Lock()
 
     def filter(self, document: Document, *, may_extend: bool) -> Document:
@@ -198,20 +204,31 @@ class KeyFields:
         return all(name in document and document[name] == value for name, value in key.items())
 
     def ensure_index(self, target: pymongo.collection.Collection[Document], key: Document) -> bool:
-        """Create the index once; False (and the workaround off for that collection) when the server
-        refuses it, e.g. an index of that name with another key left by an earlier table."""
+        """Create the index once per collection and key; False (and the workaround off for that
+        collection and key) when the server refuses it. A collection re-keyed after a migration gets
+        the index of its new key, and the index of its old key goes."""
+        names = tuple(key)
+        wanted = _key_index_name(names)
         with self._lock:
-            if target.name in self._refused:
+            if (target.name, names) in self._refused:
                 return False
-            if target.name not in self._indexed:
+            if (target.name, names) not in self._indexed:
                 try:
-                    target.create_index([(name, 1) for name in key], name="cdc_key")
+                    for index in target.list_indexes():
+                        if str(index["name"]).startswith("cdc_key") and index["name"] != wanted:
+                            target.drop_index(index["name"])
+                    target.create_index([(name, 1) for name in names], name=wanted)
                 except pymongo.errors.OperationFailure as exc:
                     log.warning("%s: no composite-key index (%s); writes use _id alone", target.name, describe(exc))
-                    self._refused.add(target.name)
+                    self._refused.add((target.name, names))
                     return False
-                self._indexed.add(target.name)
+                self._indexed.add((target.name, names))
             return True
+
+
+def _key_index_name(names: tuple[str, ...]) -> str:
+    """``cdc_key_`` and a short digest of the key's field names (one index per key a collection had)."""
+    return "cdc_key_" + hashlib.sha256("\x00".join(names).encode()).hexdigest()[:12]
 
 
 class Applier:
@@ -233,6 +250,7 @@ class Applier:
             composite_key_index_default() if composite_key_index is None else composite_key_index
         )
         self._mapped: set[str] = set()  # the batch's mapped collections (manifest "documents")
+        self._given = 0  # the highest version this applier recorded in the target (STATE_COLLECTION)
 
     def collection(self, name: str) -> pymongo.collection.Collection[Document]:
         return self.database.get_collection(name, codec_options=self.options, write_concern=WriteConcern(w="majority"))
@@ -320,6 +338,7 @@ class Applier:
         self._mapped = set(batch.manifest.get("documents") or {})
         retries_before = self._retries
         try:
+            self._record_given(top_version(batch.manifest))
             for marker in batch.manifest["truncates"]:
                 self._truncate(marker["collection"], int(marker["pos"]), stats)
             for op in ("upsert", "delete"):
@@ -359,6 +378,23 @@ class Applier:
         write.result()  # re-raises the write's error here
         _counted(collection, op, stats, size)
 
+    def _record_given(self, version: int) -> None:
+        """Before a batch's first write: raise the target's record of the highest version it was given
+        (``$max``), so that it is never below a ``_cdc.pos`` the target holds, even after a crash."""
+        if version <= self._given:
+            return
+
+        @self.retrying
+        def run() -> None:
+            self.collection(STATE_COLLECTION).update_one(
+                {"_id": VERSIONS_ID},
+                {"$max": {"version": Int64(version)}, "$set": {"updated_at": dt.datetime.now(dt.UTC)}},
+                upsert=True,
+            )
+
+        run()
+        self._given = version
+
     def mark_applied(self, batch_id: int) -> None:
         @self.retrying
         def run() -> None:
@@ -368,6 +404,15 @@ class Applier:
 
         with translated(f"recording batch {batch_id} as applied"):
             run()
+
+
+def top_version(manifest: dict[str, Any]) -> int:
+    """The highest ``_cdc.pos`` a batch's documents and truncate markers carry: its last position, or
+    a mapped collection's version (0 for a batch with none)."""
+    found = [manifest.get("position", {}).get("max")]
+    found += [entry.get("version") for entry in (manifest.get("documents") or {}).values()]
+    found += [marker.get("pos") for marker in manifest.get("truncates") or ()]
+    return max((int(value) for value in found if value is not None), default=0)
 
 
 def _counted(collection: str, op: str, stats: ApplyStats, size: int) -> None:

@@ -70,8 +70,22 @@ def _install_table(
     triggers.create_root_functions(conn, table, notify, joins, shown)
     _register(conn, table, notify, set_exclusions)
     catalog.set_join_columns(conn, table.relid, joins)
+    catalog.set_shape(conn, table.relid)
     for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
         log.info("%s", line, extra={"action": "install_part", "table": table.display})
+
+
+def rewrite_table(
+    conn: psycopg.Connection[Any],
+    table: TableInfo,
+    *,
+    notify: bool,
+    joins: Sequence[str] = (),
+    shown: Sequence[str] | None = None,
+) -> None:
+    """After a migration (``cdc.reshape``): the table's capture functions and triggers, on it and on
+    every partition and child, written again for its shape now; in the caller's transaction."""
+    _install_table(conn, table, notify=notify, joins=joins, shown=shown)
 
 
 def _model(
@@ -155,8 +169,12 @@ def install(
         conn.execute(sqlfiles.queries("capture.sql")["install_base"].text.encode())
         if mapping_file is not None:
             mapping.store(conn, model, mapping_name)
-            if reshaped is not None and model is not None:
-                reshaped += mapping.collections_changed(old_model, model)
+            if model is not None:
+                changed = mapping.collections_changed(old_model, model)
+                if reshaped is not None:
+                    reshaped += changed
+                if old_model is not None:
+                    _rebuild_collections(conn, model, changed)
         for info in found:
             joins = model.join_columns(info.relid) if model is not None else ()
             shown = model.shown_columns(info.relid) if model is not None else None
@@ -165,6 +183,15 @@ def install(
         if grant:
             grant_worker(conn, grant, found)
     return found
+
+
+def _rebuild_collections(conn: psycopg.Connection[Any], model: mapping.DocumentModel, names: Sequence[str]) -> None:
+    """A mapping replaced: each reshaped collection is rewritten whole by the next batch (a truncate
+    marker on its root table: every document read again, the older ones removed), so the worker
+    rebuilds it by itself, collections a migration had broken included."""
+    roots = {c.root.table.relid for c in model.collections if c.name in names}
+    for relid in sorted(roots):
+        ledger.enqueue_truncate(conn, relid)
 
 
 def exclusions(found: Sequence[TableInfo], exclude: Sequence[str], schema: str) -> dict[int, list[str]]:
@@ -216,6 +243,7 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
         conn.execute(sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts, cdc.mapping TO {}").format(who))
         # snapshots record their progress (resume after an interrupt)
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.snapshot_progress TO {}").format(who))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON cdc.worker_state TO {}").format(who))  # its last cycle
         conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
         for info in table_infos:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))

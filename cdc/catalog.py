@@ -8,6 +8,7 @@ Readers never commit; writers run in the caller's transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -193,3 +194,88 @@ def relation_name(conn: psycopg.Connection[Any], relid: int) -> tuple[str, str, 
     """(schema, name, capture's catalog exists) of a relation; None when the oid is gone."""
     row = _run(conn, "relation_name", {"relid": relid}).fetchone()
     return None if row is None else (str(row[0]), str(row[1]), bool(row[2]))
+
+
+# ---- shapes and rebuilds (cdc/reshape.py) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """A collection being rebuilt after a migration: every key of ``relid`` enqueued, page by page."""
+
+    relid: int
+    op: str
+    collection: str
+    reason: str
+    last_key: str | None
+    last_pos: int | None
+    keys: int
+    total: int
+    done: bool
+    started_at: Any
+
+
+def shapes_supported(conn: psycopg.Connection[Any]) -> bool:
+    row = _run(conn, "shapes_supported").fetchone()
+    return bool(row and row[0])
+
+
+def set_shape(conn: psycopg.Connection[Any], relid: int) -> None:
+    """Record ``relid``'s shape now (its capture functions were just written for it)."""
+    if shapes_supported(conn):
+        _run(conn, "set_shape", {"relid": relid})
+
+
+def shape_drift(conn: psycopg.Connection[Any]) -> list[tuple[int, str | None, str]]:
+    """(relid, recorded shape or None, shape now) of every captured table whose shape moved."""
+    return [(int(r[0]), r[1], str(r[2])) for r in _run(conn, "shape_drift").fetchall()]
+
+
+def set_exclusions(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str]) -> None:
+    _run(conn, "set_exclusions", {"relid": relid, "excluded": list(excluded)})
+
+
+def start_rebuild(  # noqa: PLR0917 (one rebuild's facts)
+    conn: psycopg.Connection[Any], relid: int, op: str, collection: str, reason: str, total: int
+) -> None:
+    _run(conn, "start_rebuild", {"relid": relid, "op": op, "collection": collection, "reason": reason, "total": total})
+
+
+def rebuild_page(conn: psycopg.Connection[Any], relid: int, op: str, last_key: str, pos: int, keys: int) -> None:  # noqa: PLR0917
+    _run(conn, "rebuild_page", {"relid": relid, "op": op, "last_key": last_key, "pos": pos, "keys": keys})
+
+
+def rebuild_enqueued(conn: psycopg.Connection[Any], relid: int, op: str) -> None:
+    _run(conn, "rebuild_enqueued", {"relid": relid, "op": op})
+
+
+def rebuilds(conn: psycopg.Connection[Any]) -> list[Rebuild]:
+    """The rebuilds not finished (empty on a ledger installed before they existed)."""
+    if not _exists(conn, "cdc.rebuilds"):
+        return []
+    return [
+        Rebuild(int(r[0]), str(r[1]), r[2], r[3], r[4], r[5], int(r[6]), int(r[7]), bool(r[8]), r[9])
+        for r in _run(conn, "rebuilds").fetchall()
+    ]
+
+
+def forget_rebuild(conn: psycopg.Connection[Any], rebuild: Rebuild) -> None:
+    _run(conn, "forget_rebuild", {"relid": rebuild.relid, "op": rebuild.op, "collection": rebuild.collection})
+
+
+def mapping_relids(conn: psycopg.Connection[Any]) -> list[int]:
+    """The tables the installed mapping read when it was installed (none on an older ledger)."""
+    if not _exists(conn, "cdc.mapping"):
+        return []
+    row = _run(conn, "mapping_relids").fetchone()
+    return [int(relid) for relid in row[0]] if row and isinstance(row[0], list) else []
+
+
+def set_mapping_relids(conn: psycopg.Connection[Any], relids: Sequence[int]) -> None:
+    _run(conn, "set_mapping_relids", {"relids": list(relids)})
+
+
+def registered_name(conn: psycopg.Connection[Any], relid: int) -> tuple[str, str] | None:
+    """The (schema, name) ``relid`` was captured under (None when it is not captured)."""
+    row = _run(conn, "registered_name", {"relid": relid}).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))

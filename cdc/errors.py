@@ -39,6 +39,13 @@ class PostgresUnavailable(PostgresError):
     transient = True
 
 
+class ShapeChanged(PostgresError):
+    """A captured table changed shape while a batch was read (a migration committed meanwhile)."""
+
+    # the next cycle follows the migration first (cdc.reshape), then reads the batch again
+    transient = True
+
+
 class MongoError(CdcError):
     """MongoDB reported an error."""
 

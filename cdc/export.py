@@ -28,12 +28,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import archive, documents, faults, ledger, mapping, pg, tables
+from cdc import archive, documents, faults, ledger, mapping, pg, row_security, tables
 from cdc.archive import BatchWriter
 from cdc.codec import RowEncoder, select_expression
 from cdc.errors import (
     ArchiveWriteError,
-    RowSecurityError,
+    RowSecurityError,  # noqa: F401  (check_row_security raises it; callers catch it from here)
     shorten,
 )
 from cdc.tables import TableInfo
@@ -100,18 +100,8 @@ def _claim(
 
 
 def check_row_security(conn: psycopg.Connection[Any], table: TableInfo) -> None:
-    """Refuse a table whose rows this role may not all see."""
-    row = conn.execute(
-        """SELECT c.relrowsecurity AND NOT (r.rolsuper OR r.rolbypassrls
-                  OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity))
-           FROM pg_class c, pg_roles r WHERE c.oid = %s AND r.rolname = current_user""",
-        [table.relid],
-    ).fetchone()
-    if row and row[0]:
-        raise RowSecurityError(
-            f"table {table.display} has row-level security that applies to role {conn.info.user!r}: rows it cannot "
-            "see would be exported as deletes; give the role BYPASSRLS or run as the table owner"
-        )
+    """Refuse a table whose rows this role may not all see (``RowSecurityError``)."""
+    row_security.refuse(conn, [table], "rows it cannot see would be exported as deletes")
 
 
 def _rows_query(table: TableInfo) -> sql.Composed:
@@ -209,7 +199,7 @@ def write_batch(conn: psycopg.Connection[Any], archive_dir: Path, batch_id: int)
         raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
     try:
         model = mapping.load(conn)
-        in_model = {table.relid for table in model.tables()} if model is not None else set()
+        in_model = model.relids() if model is not None else set()
         for relid, truncates in ledger.batch_relations(conn, batch_id):
             if relid in in_model:
                 continue  # read into the model's documents below, not a collection of its own

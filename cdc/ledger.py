@@ -1,6 +1,6 @@
-"""The ledger: the one owner of the SQL on ``cdc.outbox``, ``cdc.batches``, ``cdc.batch_changes`` and
-``cdc.snapshot_progress`` (named blocks in ``schema/ledger.sql``), of batch states and of the
-advisory lock keys.
+"""The ledger: the one owner of the SQL on ``cdc.outbox``, ``cdc.batches``, ``cdc.batch_changes``,
+``cdc.snapshot_progress`` and ``cdc.worker_state`` (named blocks in ``schema/ledger.sql``), of batch
+states and of the advisory lock keys.
 
 Readers never commit: their callers end the transaction (a REPEATABLE READ connection must, before
 its next claim reads a fresh snapshot). Writers run in the caller's transaction, except
@@ -9,7 +9,11 @@ its next claim reads a fresh snapshot). Writers run in the caller's transaction,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,6 +23,8 @@ import psycopg
 from psycopg import sql
 
 from cdc import pg, sqlfiles
+from cdc.errors import CdcError
+from cdc.redact import redact
 
 # Advisory locks (pg_advisory_lock): the worker's (two-int form, so objsubid = 2 in pg_locks), the
 # exporters' turn, and install/reconcile.
@@ -206,6 +212,20 @@ def enqueue_keys_at(conn: psycopg.Connection[Any], relid: int, keys: list[str], 
     return int(row[0])
 
 
+def drop_waiting_changes(conn: psycopg.Connection[Any], relid: int) -> int:
+    """In the caller's transaction: drop ``relid``'s changes waiting in the outbox and in batches not yet
+    applied (a re-keyed table, whose old keys no longer parse); returns how many rows went."""
+    row = _run(conn, "drop_waiting_changes", {"relid": relid}).fetchone()
+    return int(row[0]) if row else 0
+
+
+def enqueue_truncate(conn: psycopg.Connection[Any], relid: int) -> int:
+    """In the caller's transaction: a truncate marker for ``relid``; returns its position."""
+    row = _run(conn, "enqueue_truncate", {"relid": relid}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def waiting_up_to(conn: psycopg.Connection[Any], pos: int, *, applying: bool) -> bool:
     """Whether changes up to ``pos`` still wait (outbox, or batches not applied / not archived)."""
     with pg.translated("reading the ledger"):
@@ -376,3 +396,205 @@ def installed(conn: psycopg.Connection[Any]) -> bool:
 def discard_outbox(conn: psycopg.Connection[Any]) -> None:
     """Drop every waiting change, in the caller's transaction: for the bench's throw-away table only."""
     _run(conn, "discard_outbox")
+
+
+# ---- the worker's last cycle (cdc.worker_state), which `cdc status` reports ---------------------
+
+_log = logging.getLogger("cdc.worker")
+WORKER_OK_EVERY_S = 5.0  # at most this often, an ``ok`` after an ``ok`` (a worker woken by every commit)
+WORKER_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What the last `cdc run` recorded of its cycles."""
+
+    last_cycle: str | None  # "ok" or "failing"; None: no cycle ended yet
+    last_cycle_at: dt.datetime | None
+    last_ok_at: dt.datetime | None
+    failing_since: dt.datetime | None  # the first failure of the current failing streak
+    error: str | None  # the last failure's error line
+    interval_s: float | None  # its --interval; None: --once
+    started_at: dt.datetime | None
+    holds_lock: bool  # the backend that holds the worker lock is that worker's
+    progress_age_s: float | None  # seconds since its start, a cycle's end or a batch applied
+
+
+def worker_state(conn: psycopg.Connection[Any]) -> WorkerState | None:
+    """The worker's record; None when there is none, or when the table is missing (an install made
+    before it: `cdc install` adds it) or this role may not read it. A reader."""
+    with pg.translated("reading the worker's state"):
+        readable = _run(conn, "worker_state_readable").fetchone()
+        if not readable or not readable[0]:
+            return None
+        row = _run(conn, "worker_state", {"lock_class": WORKER_LOCK[0], "lock_object": WORKER_LOCK[1]}).fetchone()
+    if row is None:
+        return None
+    last_cycle, last_cycle_at, last_ok_at, failing_since, error, interval_s, started_at, holds, age = row
+    return WorkerState(
+        last_cycle,
+        last_cycle_at,
+        last_ok_at,
+        failing_since,
+        error,
+        float(interval_s) if interval_s is not None else None,
+        started_at,
+        bool(holds),
+        round(float(age), 3) if age is not None else None,
+    )
+
+
+def error_line(exc: BaseException) -> str:
+    """A failure as one short, password-free line (the error classes already redact)."""
+    if isinstance(exc, psycopg.Error):
+        text = pg.describe(exc)
+    elif isinstance(exc, CdcError):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    line = redact(" ".join(text.split()))
+    return line if len(line) <= WORKER_ERROR_CHARS else line[: WORKER_ERROR_CHARS - 1] + "…"
+
+
+class CycleLog:
+    """`cdc run`'s record of its cycles in ``cdc.worker_state``, which `cdc status` reports.
+
+    It writes on a small autocommit connection of its own, never on the worker's REPEATABLE READ one
+    (whose transactions belong to the claims), opened when first needed and again after it broke.
+    It never raises: a record that cannot be written (PostgreSQL down, an install older than the
+    table, a role without the grant) is skipped, and the next one writes. After an ``ok``, the next
+    ``ok`` is written only once ``min(interval / 2, 5 s)`` has passed. Once ``stop`` is set, nothing
+    is recorded: a cycle cut short by a stop neither succeeded nor failed.
+    """
+
+    def __init__(
+        self, dsn: str, interval_s: float | None, lock_pid: Callable[[], int | None], stop: threading.Event
+    ) -> None:
+        """``interval_s``: the worker's --interval (None: --once); ``lock_pid``: the backend that holds
+        its lock now (it changes when the lock is taken again)."""
+        self.dsn = dsn
+        self.interval_s = interval_s
+        self.lock_pid = lock_pid
+        self.stop = stop
+        self._ok_every = min(interval_s / 2, WORKER_OK_EVERY_S) if interval_s else 0.0
+        self._conn: psycopg.Connection[Any] | None = None
+        self._failing_since: dt.datetime | None = None
+        self._ok_written_at: float | None = None  # monotonic
+
+    def started(self) -> None:
+        """The worker took the lock."""
+        self._write("worker_started", {})
+
+    def watch(self, cycle: Callable[[], object]) -> None:
+        """Run ``cycle`` and record how it ended; its exception is recorded, then raised again."""
+        try:
+            cycle()
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        self.ok()
+
+    def ok(self) -> None:
+        """A cycle succeeded."""
+        if self.stop.is_set():
+            return
+        self._failing_since = None
+        now = time.monotonic()
+        if self._ok_written_at is not None and now - self._ok_written_at < self._ok_every:
+            return
+        if self._write("worker_cycle_ok", {}):
+            self._ok_written_at = now
+
+    def failed(self, exc: BaseException) -> None:
+        """A cycle failed with ``exc``."""
+        if self.stop.is_set():
+            return
+        if self._failing_since is None:
+            self._failing_since = dt.datetime.now(dt.UTC)
+        self._ok_written_at = None
+        self._write("worker_cycle_failed", {"since": self._failing_since, "error": error_line(exc)})
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
+    def _write(self, name: str, params: dict[str, Any]) -> bool:
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self.close()
+                conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                try:
+                    _run(conn, "worker_state_session")
+                except psycopg.Error:
+                    conn.close()
+                    raise
+                self._conn = conn
+            _run(self._conn, name, {"pid": self.lock_pid(), "interval": self.interval_s, **params})
+        except (CdcError, psycopg.Error) as exc:
+            _log.debug("the worker's last cycle was not recorded: %s", error_line(exc))
+            if self._conn is not None and self._conn.broken:
+                self.close()
+            return False
+        return True
+
+
+# ---- positions and batch ids moved past what the target holds (cdc.epoch) ------------------------
+
+
+@dataclass(frozen=True)
+class SequenceHeads:
+    position: int  # the last position drawn (0: none yet)
+    batch: int  # the last batch id drawn
+    may_move: bool  # this role may setval both sequences
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What ``move_past`` did: each sequence's last value before and after, and how many waiting
+    changes (outbox rows, changes of batches not applied) were given new positions."""
+
+    position: tuple[int, int]
+    batch: tuple[int, int]
+    renumbered: int
+
+
+def sequence_heads(conn: psycopg.Connection[Any]) -> SequenceHeads:
+    """A reader: the caller ends the transaction."""
+    with pg.translated("reading cdc.position_seq and cdc.batch_seq"):
+        row = _run(conn, "sequence_heads").fetchone()
+    assert row is not None
+    return SequenceHeads(int(row[0]), int(row[1]), bool(row[2]))
+
+
+def move_past(conn: psycopg.Connection[Any], version: int, batch: int) -> Moved | None:
+    """Make every position drawn from now on larger than ``version`` and every batch id larger than
+    ``batch``; a transaction of its own, which commits. None when both sequences were past already.
+
+    Changes taken below ``version`` and not yet applied (the outbox, batches claimed for applying)
+    are moved up by one amount, in order, past ``version``, under a lock that holds capture and
+    claims until the commit; a batch so moved no longer matches its archive folder, and is exported
+    again from its keys."""
+    with pg.translated("moving positions past what the target holds"):
+        _run(conn, "lock_outbox")
+        heads = sequence_heads(conn)
+        if heads.position >= version and heads.batch >= batch:
+            conn.rollback()
+            return None
+        position, renumbered = heads.position, 0
+        if heads.position < version:
+            low, high = _run(conn, "unapplied_positions").fetchone() or (None, None)
+            shift = 0
+            if low is not None and high is not None and int(low) <= version:
+                shift = max(version, int(high)) + 1 - int(low)
+                renumbered = _run(conn, "renumber_outbox", {"shift": shift}).rowcount
+                renumbered += _run(conn, "renumber_unapplied_changes", {"shift": shift}).rowcount
+                _run(conn, "renumber_unapplied_batches", {"shift": shift})
+                if snapshot_progress_access(conn) == (True, True):
+                    _run(conn, "renumber_snapshot_progress", {"shift": shift, "low": int(low)})
+            position = max(version, heads.position + shift)
+            _run(conn, "move_position_seq", {"value": position})
+        if heads.batch < batch:
+            _run(conn, "move_batch_seq", {"value": batch})
+        conn.commit()
+    return Moved((heads.position, position), (heads.batch, max(heads.batch, batch)), renumbered)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -104,6 +104,14 @@ def _shape(node: Node) -> tuple[Any, ...]:
 class DocumentModel:
     collections: tuple[Collection, ...] = field(default_factory=tuple)
     source: str = ""  # the TOML text, stored as installed
+    # collections of the installed model that a migration broke: (name, why, naming the key path)
+    broken: tuple[tuple[str, str], ...] = ()
+    # every table the installed model read when it was installed (also those of broken collections)
+    installed_relids: tuple[int, ...] = ()
+
+    def relids(self) -> set[int]:
+        """The tables whose changes belong to the model, never to a collection of their own."""
+        return {table.relid for table in self.tables()} | set(self.installed_relids)
 
     def tables(self) -> list[TableInfo]:
         """Every table the model reads, once each, in first-seen order."""
@@ -150,9 +158,18 @@ def parse(text: str, filename: str) -> dict[str, Any]:
 
 
 def resolve(
-    conn: psycopg.Connection[Any], document: dict[str, Any], filename: str, source: str, *, strict: bool = True
+    conn: psycopg.Connection[Any],
+    document: dict[str, Any],
+    filename: str,
+    source: str,
+    *,
+    strict: bool = True,
+    partial: bool = False,
 ) -> DocumentModel:
-    """Check the parsed file against the catalog; every refusal names the file and key path."""
+    """Check the parsed file against the catalog; every refusal names the file and key path.
+
+    ``partial``: a collection that no longer resolves (a migration renamed or dropped what it reads)
+    is left out and listed in ``broken`` instead of failing the whole model (the installed model)."""
     unknown = set(document) - {"collections"}
     if unknown:
         raise MappingError(f"{filename}: {sorted(unknown)[0]}: unknown key (expected [collections.NAME])")
@@ -160,6 +177,7 @@ def resolve(
     if not isinstance(collections, dict) or not collections:
         raise MappingError(f"{filename}: collections: no collection declared")
     resolved = []
+    broken = []
     tables_read: dict[str, TableInfo] = {}  # each table named in the file described once
     for name, body in collections.items():
         path = f"collections.{name}"
@@ -167,9 +185,15 @@ def resolve(
             raise MappingError(f"{filename}: {path}: expected a table of settings")
         if not name or name.startswith("$") or "\x00" in name or name.startswith("system."):
             raise MappingError(f"{filename}: {path}: {name!r} is not a valid collection name")
-        root = _node(conn, body, _Place(filename, path, strict=strict, tables_read=tables_read), None)
+        try:
+            root = _node(conn, body, _Place(filename, path, strict=strict, tables_read=tables_read), None)
+        except MappingError as exc:
+            if not partial:
+                raise
+            broken.append((name, str(exc)))
+            continue
         resolved.append(Collection(name, root))
-    return DocumentModel(tuple(resolved), source)
+    return DocumentModel(tuple(resolved), source, tuple(broken))
 
 
 def _fail(filename: str, path: str, problem: str) -> MappingError:
@@ -397,8 +421,12 @@ def load(conn: psycopg.Connection[Any]) -> DocumentModel | None:
     if stored is None:
         return None
     filename, source = stored
-    # every batch loads it: the `where` predicates were compiled at install
-    return resolve(conn, parse(source, filename), f"{filename} (as installed)", source, strict=False)
+    # every batch loads it: the `where` predicates were compiled at install. A collection a migration
+    # broke is listed in ``broken`` (cdc status reports it); the others keep syncing.
+    model = resolve(conn, parse(source, filename), f"{filename} (as installed)", source, strict=False, partial=True)
+    with pg.translated("reading the installed mapping"):
+        installed = catalog.mapping_relids(conn)
+    return replace(model, installed_relids=tuple(installed))
 
 
 def installed_filename(conn: psycopg.Connection[Any]) -> str | None:
@@ -420,3 +448,5 @@ def read_file(path: str) -> tuple[str, str]:
 def store(conn: psycopg.Connection[Any], model: DocumentModel | None, filename: str) -> None:
     """Replace the installed mapping (in the caller's transaction)."""
     catalog.store_mapping(conn, (filename, model.source) if model is not None else None)
+    if model is not None:
+        catalog.set_mapping_relids(conn, sorted(model.relids()))

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import PostgresError, PostgresUnavailable
+from cdc.errors import PostgresError, PostgresUnavailable, ShapeChanged
 from cdc.redact import redact, register_secret, secrets_in
 
 # Read rows exactly as the type mapping expects (product.md, "Type mapping").
@@ -22,6 +22,10 @@ SESSION_SETTINGS = {
 # SQLSTATE classes that mean "try again": connection exception, transaction rollback,
 # insufficient resources, operator intervention.
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+# What a statement built from the catalog meets when a migration commits between the reading of the
+# catalog and the statement: a column or table gone, a type changed, a key that no longer parses, a
+# cached plan whose result type changed. Retried: the worker follows the migration first.
+SHAPE_SQLSTATES = frozenset({"42703", "42P01", "42804", "42883", "22P02", "0A000"})
 
 
 def describe(exc: psycopg.Error) -> str:
@@ -65,4 +69,6 @@ def translated(action: str) -> Iterator[None]:
             raise PostgresUnavailable(f"{action}: {describe(exc)}") from exc
         raise PostgresError(f"{action}: {describe(exc)}") from exc
     except psycopg.Error as exc:
+        if getattr(exc, "sqlstate", None) in SHAPE_SQLSTATES:
+            raise ShapeChanged(f"{action}: {describe(exc)}") from exc
         raise PostgresError(f"{action}: {describe(exc)}") from exc

@@ -68,6 +68,7 @@ def enqueue_table(
     record: Recorder | None = None,
     after: str | None = None,
     stop: threading.Event | None = None,
+    max_pages: int | None = None,
 ) -> int:
     """Put every key of ``table`` into the outbox, ``CHUNK`` keys per outbox row; returns keys.
 
@@ -78,6 +79,7 @@ def enqueue_table(
     ``after`` (a key's text, as the outbox holds it) starts after that key: a resumed snapshot.
     ``record`` writes each page's progress in the page's transaction. ``stop`` ends the loop
     between pages (``Interrupted``); the pages committed so far stay enqueued and recorded.
+    ``max_pages``: return after that many pages (a rebuild that goes on at the next cycle).
     """
     key = sql.SQL(", ").join(sql.Identifier("t", column) for column in table.key_columns)
     key_text = capture.key_text(table, "t")
@@ -88,7 +90,9 @@ def enqueue_table(
     )
     total = 0
     last: tuple[Any, ...] | None = None
-    while True:
+    pages = 0
+    while max_pages is None or pages < max_pages:
+        pages += 1
         if stop is not None and stop.is_set():
             raise Interrupted()
         params: dict[str, Any] = {"n": CHUNK}
@@ -109,6 +113,7 @@ def enqueue_table(
         last = tuple(rows[-1][1:])
         total += len(rows)
         progress.update(len(rows))
+    return total
 
 
 def _enqueue_page(
@@ -186,7 +191,7 @@ class Target:
 def targets(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[Target]:
     """The collections to rebuild: all, or those named (a collection, or a captured table's name)."""
     model = mapping.load(conn)
-    in_model = {table.relid for table in model.tables()} if model is not None else set()
+    in_model = model.relids() if model is not None else set()
     found = [Target(t.collection, t, "k") for t in captured(conn, None) if t.relid not in in_model]
     if model is not None:
         found += [Target(c.name, c.root.table, "r", c) for c in model.collections]

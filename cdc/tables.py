@@ -30,6 +30,8 @@ class TableInfo:
     # columns left out of capture by configuration (cdc.captured.excluded_columns): they are not in
     # ``columns``, so export, snapshot and verify never read them
     excluded: tuple[str, ...] = ()
+    # the (schema, name) the table had when capture registered it: a renamed table keeps its collection
+    registered: tuple[str, str] | None = None
 
     @property
     def qualified(self) -> sql.Identifier:
@@ -41,8 +43,10 @@ class TableInfo:
 
     @property
     def collection(self) -> str:
-        """The table name in the default schema, ``schema.table`` otherwise."""
-        return self.display
+        """The table name in the default schema, ``schema.table`` otherwise: the name capture registered,
+        so that a table renamed after install keeps its collection."""
+        schema, name = self.registered or (self.schema, self.name)
+        return name if schema == DEFAULT_SCHEMA else f"{schema}.{name}"
 
     def key_type(self, column: str) -> str:
         return self.full_types[[c.name for c in self.columns].index(column)]
@@ -167,6 +171,7 @@ def describe(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str] 
         key_rows = sqlfiles.run(conn, "capture.sql", "table_key", {"relid": relid}).fetchall()
         if excluded is None:
             excluded = stored_exclusions(conn, relid) if named[2] else ()
+        registered = catalog.registered_name(conn, relid) if named[2] else None
     columns = tuple(
         Column(name=row[0], base_type=row[1], is_array=bool(row[2]), type_category=row[3]) for row in column_rows
     )
@@ -177,6 +182,7 @@ def describe(conn: psycopg.Connection[Any], relid: int, excluded: Sequence[str] 
         columns=columns,
         full_types=tuple(row[4] for row in column_rows),
         key_columns=tuple(row[0] for row in key_rows),
+        registered=registered,
     )
     return without_columns(full, excluded)
 

@@ -73,6 +73,29 @@ def join_values(joins: Sequence[str], rows: sql.Composable) -> sql.Composable:
     return sql.SQL("(SELECT array_agg(DISTINCT jsonb_build_object({})::text) FROM {} AS r)").format(pairs, rows)
 
 
+def named_columns(table: TableInfo, joins: Sequence[str], shown: Sequence[str] | None) -> list[str]:
+    """Every column a root's static capture SQL names: the key, the join and the shown columns."""
+    return list(dict.fromkeys([*table.key_columns, *joins, *(shown or ())]))
+
+
+def _guarded(names: Sequence[str], static: sql.Composable, kind: str, root_relid: int) -> sql.Composable:
+    """``static`` while every column it names still exists in the table the trigger fired on; else the
+    statement ``cdc.capture_statement`` builds from the catalog as it is now (a renamed or dropped
+    column), so that no migration makes an application's write fail. The worker writes the function
+    again at its next cycle (``cdc.reshape``), and the static path is back."""
+    return sql.SQL(
+        "IF (SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = TG_RELID"
+        " AND attname = ANY({names}::name[]) AND NOT attisdropped) = {count} THEN {static};"
+        " ELSE EXECUTE coalesce(cdc.capture_statement({root}, {kind}, TG_RELID), 'SELECT 1'); END IF;"
+    ).format(
+        names=sql.Literal(list(names)),
+        count=sql.Literal(len(names)),
+        static=static,
+        root=sql.Literal(root_relid),
+        kind=sql.Literal(kind),
+    )
+
+
 def _row_function_body(
     table: TableInfo, prefix: str, notify: bool, joins: Sequence[str], shown: Sequence[str] | None
 ) -> sql.Composable:
@@ -99,10 +122,12 @@ def _row_function_body(
         else:
             shown_changed = sql.SQL("false")
     # HAVING skips statements that touched no row
-    return sql.SQL(
+    static = sql.SQL(
         "INSERT INTO cdc.outbox (relid, op, keys, joins, shown) SELECT {}, 'k', array_agg(k), {}, {}"
-        " FROM ({}) AS changed HAVING count(*) > 0; {}"
-    ).format(sql.Literal(table.relid), old_joins, shown_changed, selects, _wake(notify))
+        " FROM ({}) AS changed HAVING count(*) > 0"
+    ).format(sql.Literal(table.relid), old_joins, shown_changed, selects)
+    guarded = _guarded(named_columns(table, joins, shown), static, prefix, table.relid)
+    return sql.SQL("{} {}").format(guarded, _wake(notify))
 
 
 def own_rows_as_changes(root: TableInfo, target: sql.Identifier, joins: Sequence[str]) -> sql.Composed:
@@ -127,7 +152,9 @@ def _truncate_body(
         return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(
             sql.Literal(root.relid), _wake(notify)
         )
-    return sql.SQL("{}; {}").format(own_rows_as_changes(root, target, joins), _wake(notify))
+    names = named_columns(root, joins, None)
+    guarded = _guarded(names, own_rows_as_changes(root, target, joins), "trunc", root.relid)
+    return sql.SQL("{} {}").format(guarded, _wake(notify))
 
 
 def _key_text_settings(table: TableInfo) -> sql.Composable:
@@ -142,11 +169,13 @@ def _key_text_settings(table: TableInfo) -> sql.Composable:
 
 
 def _create_function(
-    conn: psycopg.Connection[Any], name: sql.Identifier, root: TableInfo, body: sql.Composable, *, definer: bool = False
+    conn: psycopg.Connection[Any], name: sql.Identifier, root: TableInfo, body: sql.Composable
 ) -> None:
-    """``definer``: run as the installer (TRUNCATE of a parent does not check the caller's privileges on
-    its partitions, but the trigger's read of a partition would), with a pinned search_path."""
-    security = sql.SQL(" SECURITY DEFINER SET search_path = pg_catalog, pg_temp") if definer else sql.SQL("")
+    """Every capture function runs as the installer (``SECURITY DEFINER``), with a pinned search_path:
+    an application role that may write a captured table needs no right on schema ``cdc`` (the outbox
+    stays closed to it), and TRUNCATE of a parent, which does not check the caller's privileges on its
+    partitions, can still read them in a member's truncate trigger."""
+    security = sql.SQL(" SECURITY DEFINER SET search_path = pg_catalog, pg_temp")
     conn.execute(
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql {}{}"
@@ -192,7 +221,7 @@ def attach(
     values (``joins``) of its rows."""
     truncate_function = function_name("trunc", target_relid)
     body = _truncate_body(root, target if in_hierarchy else None, notify, joins)
-    _create_function(conn, truncate_function, root, body, definer=in_hierarchy)
+    _create_function(conn, truncate_function, root, body)
     for trigger, (event, referencing, prefix) in TRIGGERS.items():
         function = truncate_function if prefix == "trunc" else function_name(prefix, root.relid)
         timing = "BEFORE" if prefix == "trunc" and in_hierarchy else "AFTER"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import archive, export, faults, hierarchy, pg
+from cdc import archive, export, faults, hierarchy, ledger, pg, reshape
 from cdc.apply import Applier, ApplyStats
 from cdc.backoff import TRANSIENT, Backoff
 from cdc.batches import Batches, PgBatches
@@ -83,6 +83,7 @@ class Worker:
         self._export_session = export.DrainSession(dsn)  # the exporter thread's, behind a backlog
         self.wakeup = Wakeup(dsn, self.stop)
         self.partitions = hierarchy.Watch(dsn)
+        self.shapes = reshape.Watch(dsn)  # migrations: tables whose shape changed, and their rebuilds
 
     # ---- the lock (cdc.lock) -----------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:
@@ -97,6 +98,7 @@ class Worker:
 
     def release(self) -> None:
         self.partitions.close()
+        self.shapes.close()
         self._session.close()
         self._export_session.close()
         self.lock.release()
@@ -178,6 +180,7 @@ class Worker:
 
     def cycle_to_head(self, *, fast_insert: Collection[str] = (), progress: Progress | None = None) -> int:
         """``cycle`` up to the outbox position seen now (``--once``, a snapshot, a repair)."""
+        self.shapes.check(pages=None)  # before the head is read: a rebuild's keys are drained too
         return self.cycle(up_to=self.batches.head(), fast_insert=fast_insert, progress=progress)
 
     def cycle(
@@ -202,6 +205,8 @@ class Worker:
         """
         done = self.finish_pending()
         self.partitions.check()  # partitions created, attached, detached or dropped since the last cycle
+        if up_to is None:  # (``cycle_to_head`` checked before it read the head)
+            self.shapes.check()  # migrations of captured tables, and the next pages of their rebuilds
         while not self.stop.is_set():
             self.check_lock()
             exported = export.export_batch(
@@ -274,12 +279,15 @@ class Worker:
         if not self.acquire():
             return self.stats
         summary = Summary(self.stats, BacklogReader(self.dsn), every=self.summary_every) if self.summary_every else None
+        # each cycle's outcome, for `cdc status` (on a small connection of its own; it never raises)
+        cycles = ledger.CycleLog(self.dsn, None if once else interval, lambda: self.lock.backend_pid, self.stop)
         try:
             if summary is not None:
                 summary.start()
+            cycles.started()
             if once:
                 self.partitions.check()  # before the head is read: the keys it records are drained too
-                self.cycle_to_head()
+                cycles.watch(self.cycle_to_head)
                 return self.stats
             backoff = Backoff(self.stop, "cycle")
             while not self.stop.is_set():
@@ -288,7 +296,7 @@ class Worker:
                         self._recover()
                         if self.stop.is_set():
                             break
-                    self.cycle()
+                    cycles.watch(self.cycle)
                 except _RETRIED as exc:
                     # (a driver error that escaped translation, on a connection a server restart cut: the same fault)
                     if isinstance(exc, psycopg.OperationalError):
@@ -302,8 +310,10 @@ class Worker:
                     backoff.wait()
                     continue
                 backoff.succeeded()
-                self.wakeup.wait(interval, listen)
+                # (a rebuild with pages left goes on at once)
+                self.wakeup.wait(0 if self.shapes.pending else interval, listen)
         finally:
+            cycles.close()
             if summary is not None:
                 summary.close()
             self.wakeup.close()

@@ -62,6 +62,84 @@ ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS excluded_columns text[] NOT NU
 ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS in_hierarchy boolean NOT NULL DEFAULT false;
 -- The columns whose old values the capture records (the document model's join columns of the table).
 ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS join_columns text[] NOT NULL DEFAULT '{}';
+-- The table's shape when its capture functions were last written (cdc/reshape.py compares it with the
+-- catalog before every cycle): NULL for an install made before shapes were kept (taken at the next cycle).
+ALTER TABLE cdc.captured ADD COLUMN IF NOT EXISTS shape text;
+-- `cdc install --tables 'schema.*'`: the schemas whose tables created later are captured by the worker.
+CREATE TABLE IF NOT EXISTS cdc.captured_schemas (
+    schema_name text        PRIMARY KEY,
+    notify      boolean     NOT NULL,
+    added_at    timestamptz NOT NULL DEFAULT now()
+);
+
+-- The capture functions' fallback after a migration (cdc/triggers.py): the statement that records the
+-- keys of a statement's rows, built from the catalog as it is now, for a function whose own column
+-- names no longer all exist (a renamed or dropped column), until the worker writes it again. NULL
+-- when the table has no primary key any more (nothing can be recorded: `cdc status` reports it).
+-- The statement kinds: ins, upd, del (transition tables cdc_new / cdc_old), or trunc (the target's own rows).
+CREATE OR REPLACE FUNCTION cdc.capture_statement(root oid, kind text, target oid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fallback$
+DECLARE
+    width integer;
+    key_expr text;
+BEGIN
+    SELECT count(*),
+           CASE WHEN count(*) = 1 THEN format('r.%I::text', min(a.attname::text))
+                ELSE 'ROW(' || string_agg(format('r.%I', a.attname), ', ' ORDER BY k.ord) || ')::text' END
+    INTO width, key_expr
+    FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = root AND i.indisprimary;
+    IF width = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN format(
+        'INSERT INTO cdc.outbox (relid, op, keys) SELECT %s, %L, array_agg(k) FROM (%s) AS changed HAVING count(*) > 0',
+        root::bigint, 'k',
+        CASE kind
+            WHEN 'ins' THEN format('SELECT %s AS k FROM cdc_new AS r', key_expr)
+            WHEN 'del' THEN format('SELECT %s AS k FROM cdc_old AS r', key_expr)
+            WHEN 'upd' THEN format('SELECT %1$s AS k FROM cdc_new AS r UNION ALL'
+                                   ' (SELECT %1$s FROM cdc_old AS r EXCEPT ALL SELECT %1$s FROM cdc_new AS r)', key_expr)
+            ELSE format('SELECT %s AS k FROM ONLY %s AS r', key_expr, target::regclass)
+        END);
+END
+$fallback$;
+REVOKE ALL ON FUNCTION cdc.capture_statement(oid, text, oid) FROM PUBLIC;
+
+-- A table's shape as capture sees it (cdc/reshape.py): the primary key's columns and types on the
+-- first line, then one line per column (attnum, name, type). The worker compares it with
+-- cdc.captured.shape before every cycle: a changed key re-keys the collection, any other change
+-- re-reads every row.
+CREATE OR REPLACE FUNCTION cdc.table_shape(table_oid oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $shape$
+    SELECT coalesce((SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                                       ORDER BY k.ord)
+                     FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE i.indrelid = table_oid AND i.indisprimary), '')
+        || E'\n'
+        || coalesce((SELECT string_agg(format('%s %I %s', a.attnum, a.attname, format_type(a.atttypid, a.atttypmod)),
+                                       E'\n' ORDER BY a.attnum)
+                     FROM pg_attribute a WHERE a.attrelid = table_oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+$shape$;
+
+-- Rebuilds the worker runs by itself after a migration (cdc/reshape.py): every key of a table (op 'k',
+-- its own collection) or of a mapped collection's root table (op 'r') enqueued page by page, resumable.
+-- Kept until every enqueued key is applied, so `cdc status` can say "rebuilding songs: 12,000/40,000".
+CREATE TABLE IF NOT EXISTS cdc.rebuilds (
+    relid      oid         NOT NULL,
+    op         "char"      NOT NULL CHECK (op IN ('k', 'r')),
+    collection text        NOT NULL,
+    reason     text        NOT NULL,
+    last_key   text,
+    last_pos   bigint,
+    keys       bigint      NOT NULL DEFAULT 0,
+    total      bigint      NOT NULL DEFAULT 0,
+    done       boolean     NOT NULL DEFAULT false,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (relid, op, collection)
+);
 
 -- Partitions and inheritance children (any depth) of captured tables: they carry capture triggers
 -- that record under their root (cdc/hierarchy.py). dropped_at: dropped after install, so documents
@@ -82,6 +160,9 @@ CREATE TABLE IF NOT EXISTS cdc.mapping (
     source       text        NOT NULL,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+-- The tables the installed mapping read when it was installed: their changes belong to the model even
+-- while a migration has broken the collection that reads them.
+ALTER TABLE cdc.mapping ADD COLUMN IF NOT EXISTS relids oid[] NOT NULL DEFAULT '{}';
 -- Old join values (ROW(...)::text of a mapped table's join columns, from the OLD transition table):
 -- gone by drain time, they name the documents that held a row before it moved or went.
 ALTER TABLE cdc.outbox ADD COLUMN IF NOT EXISTS joins text[];
@@ -113,6 +194,22 @@ CREATE TABLE IF NOT EXISTS cdc.snapshot_progress (
     started_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (relid, op)
+);
+
+-- The worker's last cycle (`cdc run`, cdc/worker.py), which `cdc status` reports. At most one row,
+-- written by the worker that holds the lock: last_cycle 'ok' or 'failing' (NULL: none ended yet),
+-- failing_since the first failure of the current failing streak, error its latest error line,
+-- lock_pid the backend holding that worker's lock, interval_s its --interval (NULL: --once).
+CREATE TABLE IF NOT EXISTS cdc.worker_state (
+    only_one      boolean     PRIMARY KEY DEFAULT true CHECK (only_one),
+    lock_pid      integer,
+    interval_s    double precision,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    last_cycle    text        CHECK (last_cycle IN ('ok', 'failing')),
+    last_cycle_at timestamptz,
+    last_ok_at    timestamptz,
+    failing_since timestamptz,
+    error         text
 );
 
 -- name: table_columns

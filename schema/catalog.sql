@@ -7,11 +7,11 @@
 SELECT to_regclass(%(name)s) IS NOT NULL
 
 -- name: register_table
--- A captured table; its exclusions are kept unless they are being set.
+-- A captured table; its exclusions are kept unless they are being set, and so is the name it was
+-- registered under (its collection's name: a renamed table keeps its collection).
 INSERT INTO cdc.captured (relid, schema_name, table_name, key_columns, notify, excluded_columns)
 VALUES (%(relid)s, %(schema)s, %(name)s, %(keys)s, %(notify)s, %(excluded)s)
-ON CONFLICT (relid) DO UPDATE SET schema_name = excluded.schema_name, table_name = excluded.table_name,
-    key_columns = excluded.key_columns, notify = excluded.notify,
+ON CONFLICT (relid) DO UPDATE SET key_columns = excluded.key_columns, notify = excluded.notify,
     excluded_columns = CASE WHEN %(set_excluded)s THEN excluded.excluded_columns
                             ELSE cdc.captured.excluded_columns END
 
@@ -143,3 +143,55 @@ INSERT INTO cdc.mapping (filename, source) VALUES (%(filename)s, %(source)s)
 -- A relation's schema and name, and whether capture's catalog exists (None when the oid is gone).
 SELECT n.nspname::text, c.relname::text, to_regclass('cdc.captured') IS NOT NULL
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %(relid)s
+
+-- name: set_shape
+-- The table's shape now, as its capture functions were written for it.
+UPDATE cdc.captured SET shape = cdc.table_shape(relid) WHERE relid = %(relid)s
+
+-- name: shape_drift
+-- Captured tables (still existing) whose shape differs from the one recorded, with both; a table
+-- recorded before shapes were kept (NULL) is not drift.
+SELECT cp.relid::int, cp.shape, cdc.table_shape(cp.relid)
+FROM cdc.captured cp JOIN pg_class c ON c.oid = cp.relid
+WHERE cp.shape IS NULL OR cp.shape IS DISTINCT FROM cdc.table_shape(cp.relid)
+ORDER BY cp.relid
+
+-- name: shapes_supported
+-- Whether the installed ledger keeps shapes (installed by this version or re-installed since).
+SELECT to_regprocedure('cdc.table_shape(oid)') IS NOT NULL AND to_regclass('cdc.rebuilds') IS NOT NULL
+
+-- name: set_exclusions
+UPDATE cdc.captured SET excluded_columns = %(excluded)s WHERE relid = %(relid)s
+
+-- name: start_rebuild
+-- A rebuild of one collection from one table (op 'k': the table's own collection; 'r': a mapped
+-- collection's roots); one already running starts over.
+INSERT INTO cdc.rebuilds (relid, op, collection, reason, total)
+VALUES (%(relid)s, %(op)s, %(collection)s, %(reason)s, %(total)s)
+ON CONFLICT (relid, op, collection) DO UPDATE SET reason = excluded.reason, last_key = NULL, last_pos = NULL,
+    keys = 0, total = excluded.total, done = false, started_at = now()
+
+-- name: rebuild_page
+UPDATE cdc.rebuilds SET last_key = %(last_key)s, last_pos = %(pos)s, keys = keys + %(keys)s
+WHERE relid = %(relid)s AND op = %(op)s
+
+-- name: rebuild_enqueued
+UPDATE cdc.rebuilds SET done = true WHERE relid = %(relid)s AND op = %(op)s
+
+-- name: rebuilds
+SELECT relid::int, op::text, collection, reason, last_key, last_pos, keys, total, done, started_at
+FROM cdc.rebuilds ORDER BY started_at, relid
+
+-- name: forget_rebuild
+DELETE FROM cdc.rebuilds WHERE relid = %(relid)s AND op = %(op)s AND collection = %(collection)s
+
+-- name: mapping_relids
+-- Read through to_jsonb of the whole row: a ledger installed before the column existed reads as none.
+SELECT to_jsonb(m) -> 'relids' FROM cdc.mapping AS m
+
+-- name: set_mapping_relids
+UPDATE cdc.mapping SET relids = %(relids)s::oid[]
+
+-- name: registered_name
+-- The (schema, name) a captured table was registered under: its collection's name.
+SELECT schema_name, table_name FROM cdc.captured WHERE relid = %(relid)s

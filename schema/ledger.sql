@@ -104,6 +104,18 @@ SELECT (SELECT batch_id FROM exported), (SELECT mode FROM exported), (SELECT exp
 -- enqueue_keys, returning the position the keys were given.
 INSERT INTO cdc.outbox (relid, op, keys) VALUES (%(relid)s, %(op)s, %(keys)s) RETURNING pos
 
+-- name: drop_waiting_changes
+-- A re-keyed table (cdc/reshape.py): its changes still waiting, recorded under the old key, go; the
+-- rebuild that follows reads every row again. Batches already archived keep their files.
+WITH outbox AS (DELETE FROM cdc.outbox WHERE relid = %(relid)s RETURNING 1),
+     held AS (DELETE FROM cdc.batch_changes c USING cdc.batches b
+              WHERE c.relid = %(relid)s AND b.batch_id = c.batch_id AND b.state <> 'applied' RETURNING 1)
+SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM held)
+
+-- name: enqueue_truncate
+-- A truncate marker: the collection's documents older than its position go (a re-keyed table).
+INSERT INTO cdc.outbox (relid, op) VALUES (%(relid)s, 't') RETURNING pos
+
 -- name: waiting_up_to
 -- Whether changes up to a position still wait: in the outbox, or in batches not done (for applying:
 -- not applied; for exporting: still claimed).
@@ -173,3 +185,93 @@ FROM (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS chan
      (SELECT count(*) AS statements, coalesce(sum(cardinality(keys)), 0) AS changes
       FROM cdc.batch_changes WHERE batch_id IN (SELECT batch_id FROM waiting)) h,
      (SELECT count(*) AS batches, min(claimed_at) AS oldest FROM waiting) w
+
+-- name: worker_state_session
+-- The worker's record of its cycles (cdc.worker_state) never waits long: on its own connection.
+SELECT set_config('lock_timeout', '2s', false), set_config('statement_timeout', '5s', false)
+
+-- name: worker_started
+-- A worker took the lock: its lock backend and interval. The last cycle's record stays until the next.
+INSERT INTO cdc.worker_state (lock_pid, interval_s) VALUES (%(pid)s, %(interval)s)
+ON CONFLICT (only_one) DO UPDATE SET lock_pid = excluded.lock_pid, interval_s = excluded.interval_s,
+    started_at = now()
+
+-- name: worker_cycle_ok
+-- A cycle of the worker succeeded: a failing streak ends.
+INSERT INTO cdc.worker_state (lock_pid, interval_s, last_cycle, last_cycle_at, last_ok_at)
+VALUES (%(pid)s, %(interval)s, 'ok', now(), now())
+ON CONFLICT (only_one) DO UPDATE SET lock_pid = excluded.lock_pid, interval_s = excluded.interval_s,
+    last_cycle = 'ok', last_cycle_at = now(), last_ok_at = now(), failing_since = NULL, error = NULL
+
+-- name: worker_cycle_failed
+-- A cycle of the worker failed: its error line, and since when (the earlier start, when the recorded
+-- cycle before it failed too).
+INSERT INTO cdc.worker_state (lock_pid, interval_s, last_cycle, last_cycle_at, failing_since, error)
+VALUES (%(pid)s, %(interval)s, 'failing', now(), %(since)s, %(error)s)
+ON CONFLICT (only_one) DO UPDATE SET lock_pid = excluded.lock_pid, interval_s = excluded.interval_s,
+    last_cycle = 'failing', last_cycle_at = now(), error = excluded.error,
+    failing_since = CASE WHEN cdc.worker_state.last_cycle = 'failing'
+                         THEN least(cdc.worker_state.failing_since, excluded.failing_since)
+                         ELSE excluded.failing_since END
+
+-- name: worker_state_readable
+-- Whether cdc.worker_state exists (an install older than it lacks it) and this role may read it.
+SELECT CASE WHEN to_regclass('cdc.worker_state') IS NOT NULL
+            THEN has_table_privilege('cdc.worker_state', 'SELECT')
+            ELSE false END
+
+-- name: worker_state
+-- The worker's record, whether the backend that holds the worker lock is that worker's, and the
+-- seconds since its last sign of life: its start, a cycle's end, a batch applied.
+SELECT s.last_cycle, s.last_cycle_at, s.last_ok_at, s.failing_since, s.error, s.interval_s, s.started_at,
+       coalesce(s.lock_pid = (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %(lock_class)s
+                              AND objid = %(lock_object)s AND objsubid = 2 AND granted LIMIT 1), false),
+       extract(epoch FROM now() - greatest(s.started_at, s.last_cycle_at,
+           (SELECT applied_at FROM cdc.batches WHERE state = 'applied' ORDER BY batch_id DESC LIMIT 1)))
+FROM cdc.worker_state s
+
+-- ---- versions never go backwards against the target (cdc/epoch.py) --------------------------------
+
+-- name: sequence_heads
+-- The last position and batch id drawn (0: none yet), and whether this role may move them (setval).
+SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM cdc.position_seq),
+       (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM cdc.batch_seq),
+       has_sequence_privilege('cdc.position_seq', 'UPDATE') AND has_sequence_privilege('cdc.batch_seq', 'UPDATE')
+
+-- name: lock_outbox
+-- While positions move: no statement takes a position, and no exporter claims, until the commit.
+LOCK TABLE cdc.outbox IN EXCLUSIVE MODE
+
+-- name: unapplied_positions
+-- The lowest and highest position not yet in the target: the outbox's, and those of batches claimed
+-- for applying and not applied (their changes and their versions).
+SELECT min(p), max(p) FROM (
+    SELECT pos FROM cdc.outbox
+    UNION ALL
+    SELECT c.pos FROM cdc.batch_changes c JOIN cdc.batches b ON b.batch_id = c.batch_id
+    WHERE b.state <> 'applied' AND b.mode IN ('run', 'snapshot')
+    UNION ALL
+    SELECT version FROM cdc.batches WHERE state <> 'applied' AND mode IN ('run', 'snapshot')
+) AS waiting(p)
+
+-- name: renumber_outbox
+-- Every waiting change moves up by the same amount: their order is kept.
+UPDATE cdc.outbox SET pos = pos + %(shift)s
+
+-- name: renumber_unapplied_changes
+UPDATE cdc.batch_changes SET pos = pos + %(shift)s
+WHERE batch_id IN (SELECT batch_id FROM cdc.batches WHERE state <> 'applied' AND mode IN ('run', 'snapshot'))
+
+-- name: renumber_unapplied_batches
+-- (their archive folders no longer match the ledger: the worker exports them again)
+UPDATE cdc.batches SET pos_min = pos_min + %(shift)s, pos_max = pos_max + %(shift)s, version = version + %(shift)s
+WHERE state <> 'applied' AND mode IN ('run', 'snapshot')
+
+-- name: renumber_snapshot_progress
+UPDATE cdc.snapshot_progress SET last_pos = last_pos + %(shift)s WHERE last_pos >= %(low)s
+
+-- name: move_position_seq
+SELECT setval('cdc.position_seq', %(value)s)
+
+-- name: move_batch_seq
+SELECT setval('cdc.batch_seq', %(value)s)

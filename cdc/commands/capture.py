@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from cdc import capture, mapping, pg, tables
+from cdc import capture, mapping, pg, row_security, tables
 from cdc.commands.options import F, settings_options
 from cdc.config import Settings
 from cdc.errors import CheckFailed, UsageError
@@ -118,6 +118,8 @@ def install(
             mapping_file=mapping_file,
             reshaped=reshaped,
         )
+        with pg.translated("reading row-level security"):
+            hidden = row_security.hidden(conn, installed, grant_role) if grant_role else []
     click.echo("capturing: " + ", ".join(table.display for table in installed))
     if mapping_file is not None:
         click.echo(f"mapping: {mapping_file[0]}")
@@ -125,13 +127,20 @@ def install(
         click.echo(
             "collections whose shape changed: "
             + ", ".join(reshaped)
-            + f"; rebuild them with `cdc snapshot --collections {','.join(reshaped)}`"
+            + "; a running worker rebuilds them by itself (when a mapping was installed before), or run"
+            + f" `cdc snapshot --collections {','.join(reshaped)}`"
         )
     for table in installed:
         if table.excluded:
             click.echo(f"excluded from {table.display}: " + ", ".join(table.excluded))
     if grant_role:
         click.echo(f"granted the worker role {grant_role}")
+    for table, role in hidden:
+        click.echo(
+            f"cdc: warning: {row_security.describe(table, role)}: `cdc run`, `cdc snapshot` and `cdc verify` as"
+            f" {role} would refuse the table; {row_security.fix(table, role)}",
+            err=True,
+        )
 
 
 @click.command()

@@ -1,5 +1,5 @@
 """Composite keys on real servers: the key's columns are repeated beside `_id` in every guarded write
-and indexed once (`cdc_key`), so a server that scans for a document-valued `_id` does not scan; the
+and indexed once (`cdc_key_…`), so a server that scans for a document-valued `_id` does not scan; the
 results are the same with the workaround off."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def test_composite_key_writes_are_exact_with_and_without_the_key_index(dbs, cdc,
         indexes = client[env["CDC_MONGO_DB"]]["pairs"].index_information()
     finally:
         client.close()
-    assert ("cdc_key" in indexes) == (workaround == "on")
+    key_indexes = [index for name, index in indexes.items() if name.startswith("cdc_key")]
+    assert bool(key_indexes) == (workaround == "on")
     if workaround == "on":
-        assert indexes["cdc_key"]["key"] == [("a", 1), ("b", 1)]
+        assert [index["key"] for index in key_indexes] == [[("a", 1), ("b", 1)]]
