@@ -36,6 +36,10 @@ def status_command(settings: Settings, as_json: bool, max_backlog: int | None, m
     The backlog counts every change not yet in MongoDB: in the outbox, and in batches claimed and
     not yet applied (for `cdc export`: not yet archived). Times are ISO-8601, ages in seconds. Needs
     PostgreSQL only: a MongoDB that is down is reported, and so is a PostgreSQL that is down.
+
+    Exit 1 also when the worker's last cycle failed (`cdc run` records each cycle's outcome: the
+    error, and since when), or when a `cdc run` holds the worker lock and has completed no cycle
+    for more than three --interval.
     """
     status = usecase.read(settings)
     report = status.fields

@@ -13,6 +13,8 @@ from cdc.apply import APPLIED_COLLECTION
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, PostgresUnavailable, ServerDown, UsageError
 
+STALLED_INTERVALS = 3  # a running worker that has completed no cycle for more intervals than this is stuck
+
 
 @dataclass
 class Report:
@@ -22,19 +24,34 @@ class Report:
     down: list[str] = field(default_factory=list)
 
     def problems(self, *, max_backlog: int | None = None, max_lag: float | None = None) -> list[str]:
-        """What makes `cdc status` exit 1: a server down, lost triggers, partitions out of step, or a
+        """What makes `cdc status` exit 1: a server down, lost triggers, partitions out of step, a
+        worker whose last cycle failed or that has completed none for more than three intervals, or a
         backlog or lag past its threshold."""
         report = self.fields
         problems = list(self.down)
         if report.get("tables_missing_triggers"):
             problems.append("captured tables lost their triggers: " + ", ".join(report["tables_missing_triggers"]))
         problems.extend(report.get("hierarchy_problems", []))
+        problems.extend(_worker_problems(report))
         if max_backlog is not None and report.get("backlog_changes", 0) > max_backlog:
             problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
         if max_lag is not None and report.get("oldest_change_age_s", 0) > max_lag:
             at_least = "at least " if report["oldest_change_age_is_lower_bound"] else ""
             problems.append(f"lag {at_least}{report['oldest_change_age_s']:.1f}s > {max_lag}s")
         return problems
+
+
+def _worker_problems(report: dict[str, Any]) -> list[str]:
+    """The worker's last cycle failed; or a `cdc run` holds the lock and completed no cycle (and
+    applied no batch) for more than three intervals."""
+    if report.get("worker_last_cycle") == "failing":
+        since = report.get("worker_failing_since") or "?"
+        return [f"the worker has been failing since {since}: {report.get('worker_error') or 'an unknown error'}"]
+    interval, age = report.get("worker_interval_s"), report.get("worker_progress_age_s")
+    if report.get("worker_running") and interval and age is not None and age > STALLED_INTERVALS * interval:
+        shown = f"{age:.0f}" if age >= 10 else f"{age:.1f}"
+        return [f"no cycle completed for {shown} s (interval {interval:g} s)"]
+    return []
 
 
 def read(settings: Settings) -> Report:
@@ -76,10 +93,29 @@ def _ledger_status(conn: Any) -> dict[str, Any]:
         "last_applied_at": _iso(row[5]),
         "last_applied_age_s": _seconds(row[6]),
         "worker_running": bool(row[7]),
+        **_worker_fields(ledger.worker_state(conn)),
         "tables": len(tables_state),
         "tables_missing_triggers": [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy],
         # partitions or children out of step with capture, dropped members: each with what to run
         "hierarchy_problems": hierarchy.problems(conn),
+    }
+
+
+def _worker_fields(state: ledger.WorkerState | None) -> dict[str, Any]:
+    """What `cdc run` recorded of its cycles (all None before any, or on an install older than the
+    record). ``worker_progress_age_s``: seconds since the running `cdc run` started, ended a cycle or
+    applied a batch; None unless the worker that holds the lock is the one that recorded."""
+    if state is None:
+        state = ledger.WorkerState(None, None, None, None, None, None, None, False, None)
+    return {
+        "worker_last_cycle": state.last_cycle,
+        "worker_last_cycle_at": _iso(state.last_cycle_at),
+        "worker_last_ok_at": _iso(state.last_ok_at),
+        "worker_failing_since": _iso(state.failing_since),
+        "worker_error": state.error,
+        "worker_interval_s": state.interval_s,
+        "worker_started_at": _iso(state.started_at),
+        "worker_progress_age_s": state.progress_age_s if state.holds_lock else None,
     }
 
 
