@@ -27,7 +27,7 @@ from psycopg import sql
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from cdc import expected, expected_documents, mongo, pg
+from cdc import expected, expected_documents, mongo, pg, row_security
 from cdc.errors import shorten
 from cdc.expected import ColumnRule
 from cdc.mapping import Collection
@@ -301,6 +301,20 @@ def _too_large(wanted: dict[str, Any]) -> bool:
     return size > _BSON_MAX_SIZE
 
 
+def tables_read(item: TableInfo | Collection) -> list[TableInfo]:
+    """The tables whose rows a table's own collection, or a mapped collection, is compared with."""
+    return [node.table for node in item.nodes()] if isinstance(item, Collection) else [item]
+
+
+def refuse_hidden(conn: psycopg.Connection[Any], items: Sequence[TableInfo | Collection]) -> None:
+    """A verify that cannot see every row must never say ok: ``RowSecurityError`` naming the table and role."""
+    row_security.refuse(
+        conn,
+        [table for item in items for table in tables_read(item)],
+        "verify would compare only the rows it can see, and could call a collection that lacks the others ok",
+    )
+
+
 def verify(
     conn: psycopg.Connection[Any],
     database: Database[Any],
@@ -309,7 +323,9 @@ def verify(
     budget: int = MEMORY_BUDGET,
     progress: Progress | None = None,
 ) -> list[TableDiff]:
-    """Each captured table's own collection, or mapped collection, in turn."""
+    """Each captured table's own collection, or mapped collection, in turn. Refuses (``RowSecurityError``)
+    before comparing anything when row-level security may hide rows of a table read from this role."""
+    refuse_hidden(conn, tables_)
     diffs = []
     for item in tables_:
         if isinstance(item, Collection):

@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 from pymongo.database import Database
 
-from cdc import hierarchy, ledger, snapshot, verify
+from cdc import hierarchy, ledger, mapping, snapshot, verify
 from cdc.apply import Applier
+from cdc.errors import CheckFailed
 from cdc.mapping import Collection
 from cdc.progress import track
 from cdc.tables import TableInfo
@@ -25,8 +26,22 @@ Item = TableInfo | Collection  # a table's own collection, or a mapped collectio
 
 
 def chosen(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[Item]:
-    """What verify compares: every captured table's collection and every mapped collection, or those named."""
-    return [target.mapped or target.table for target in snapshot.targets(conn, names)]
+    """What verify compares: every captured table's collection and every mapped collection, or those named.
+    Refuses them all at once (``RowSecurityError``) when row-level security may hide rows of one of
+    the tables they read from this role (``verify.refuse_hidden``)."""
+    items: list[Item] = [target.mapped or target.table for target in snapshot.targets(conn, names)]
+    verify.refuse_hidden(conn, items)
+    if not names:  # a collection a migration broke cannot be compared: verify must not say ok
+        model = mapping.load(conn)
+        conn.commit()
+        if model is not None and model.broken:
+            raise CheckFailed(
+                "; ".join(
+                    f"collection {name} cannot be verified: a migration broke its mapping: {why}"
+                    for name, why in model.broken
+                )
+            )
+    return items
 
 
 def verify_tables(

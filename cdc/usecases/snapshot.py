@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import capture, export, ledger, pg, shutdown, snapshot, snapshot_resume
+from cdc import capture, epoch, export, ledger, pg, row_security, shutdown, snapshot, snapshot_resume
 from cdc.apply import Applier
 from cdc.errors import CdcError, ConfigError, Interrupted
 from cdc.progress import Progress, track
@@ -97,6 +97,8 @@ class Outcome:
     rejected: int = 0
     handed_over: bool = False
     exported: Exported | None = None
+    stale: int = 0  # writes refused as stale (MongoDB held a version at least as new)
+    own: tuple[int, int] = (0, 0)  # (writes, stale) of the batches this snapshot claimed
 
 
 class Snapshot:
@@ -133,6 +135,8 @@ class Snapshot:
         """Raises ``Interrupted`` when stopped between pages or batches (``left`` says what is left)."""
         with pg.connect(self.dsn) as conn:
             capture.require_installed(conn)
+            if self.applier is not None:  # before this snapshot takes a position (a re-install)
+                epoch.align(self.dsn, self.applier.database, self.archive_dir)
             if self.applier is None and ledger.worker_running(conn):
                 raise ConfigError(
                     "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"
@@ -140,6 +144,8 @@ class Snapshot:
                 )
             conn.commit()
             self.chosen = snapshot.targets(conn, names)
+            read = [t.table for t in self.chosen] + [n.table for t in self.chosen if t.mapped for n in t.mapped.nodes()]
+            row_security.refuse(conn, read, "a snapshot would silently leave out the rows it cannot see")
             keys, fast = self._enqueue(conn, restart=restart)
         outcome = Outcome(len(self.chosen), keys)
         if self.applier is None:
@@ -150,6 +156,8 @@ class Snapshot:
             self._stopped()
         with pg.connect(self.dsn) as conn:
             snapshot_resume.forget(conn, self.chosen)  # done, or every key enqueued for the running worker
+        if self.applier is not None:
+            epoch.refuse_mostly_stale(*outcome.own, database=self.applier.database.name)
         return outcome
 
     def left(self) -> str:
@@ -213,7 +221,11 @@ class Snapshot:
             with pg.connect(self.dsn) as conn:
                 waiting = ledger.backlog(conn).changes
             with track("apply", total=waiting, unit="keys", scale=True, logger=log) as progress:
+                worker.cycle(up_to=0, progress=progress)  # first what earlier runs left pending
+                before = worker.stats.changes, worker.stats.stale
                 worker.cycle_to_head(fast_insert=fast, progress=progress)
         finally:
             worker.release()
         outcome.applied, outcome.rejected = worker.stats.batches, worker.stats.rejected
+        outcome.stale = worker.stats.stale
+        outcome.own = worker.stats.changes - before[0], worker.stats.stale - before[1]
