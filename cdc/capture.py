@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import catalog, hierarchy, ledger, mapping, pg, sqlfiles, tables, triggers
+from cdc import catalog, hierarchy, ledger, mapping, pg, reshape, sqlfiles, tables, triggers
 from cdc.errors import ConfigError, UsageError
 from cdc.tables import TableInfo
 from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
@@ -41,51 +41,6 @@ class CapturedTable:
     @property
     def healthy(self) -> bool:
         return self.exists and self.triggers == len(TRIGGERS)
-
-
-def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool) -> None:
-    catalog.register_table(
-        conn,
-        table.relid,
-        table.schema,
-        table.name,
-        table.key_columns,
-        notify=notify,
-        excluded=table.excluded,
-        set_excluded=set_exclusions,
-    )
-
-
-def _install_table(
-    conn: psycopg.Connection[Any],
-    table: TableInfo,
-    *,
-    notify: bool,
-    set_exclusions: bool = False,
-    joins: Sequence[str] = (),
-    shown: Sequence[str] | None = None,
-) -> None:
-    """Capture one table and every partition and child it has, recording under it."""
-    known = catalog.is_captured(conn, table.relid)
-    triggers.create_root_functions(conn, table, notify, joins, shown)
-    _register(conn, table, notify, set_exclusions)
-    catalog.set_join_columns(conn, table.relid, joins)
-    catalog.set_shape(conn, table.relid)
-    for line in hierarchy.sync(conn, table, notify=notify, record_new=known):
-        log.info("%s", line, extra={"action": "install_part", "table": table.display})
-
-
-def rewrite_table(
-    conn: psycopg.Connection[Any],
-    table: TableInfo,
-    *,
-    notify: bool,
-    joins: Sequence[str] = (),
-    shown: Sequence[str] | None = None,
-) -> None:
-    """After a migration (``cdc.reshape``): the table's capture functions and triggers, on it and on
-    every partition and child, written again for its shape now; in the caller's transaction."""
-    _install_table(conn, table, notify=notify, joins=joins, shown=shown)
 
 
 def _model(
@@ -166,7 +121,7 @@ def install(
             if reason:
                 raise ConfigError(f"cannot capture: {reason}")
             found.append(info)
-        conn.execute(sqlfiles.queries("capture.sql")["install_base"].text.encode())
+        _install_base(conn, table_names, notify=notify)
         if mapping_file is not None:
             mapping.store(conn, model, mapping_name)
             if model is not None:
@@ -175,14 +130,61 @@ def install(
                     reshaped += changed
                 if old_model is not None:
                     _rebuild_collections(conn, model, changed)
-        for info in found:
-            joins = model.join_columns(info.relid) if model is not None else ()
-            shown = model.shown_columns(info.relid) if model is not None else None
-            _install_table(conn, info, notify=notify, set_exclusions=chosen is not None, joins=joins, shown=shown)
+        moved = reshape.moved(conn)  # captured tables a migration changed: followed as the worker would
+        for described in found:
+            joins = model.join_columns(described.relid) if model is not None else ()
+            shown = model.shown_columns(described.relid) if model is not None else None
+            info = described
+            if described.relid in moved and chosen is None:  # excluded columns follow their renames
+                reshape.follow_exclusions(conn, described.relid, moved[described.relid])
+                info = tables.describe(conn, described.relid) or described
+            hierarchy.capture_table(
+                conn, info, notify=notify, set_exclusions=chosen is not None, joins=joins, shown=shown
+            )
+            for line in reshape.follow(conn, info.relid, moved.get(info.relid), model):
+                log.warning("%s", line, extra={"action": "reshape", "table": info.display})
             log.info("capturing %s", info.display, extra={"action": "install_table", "table": info.display})
         if grant:
             grant_worker(conn, grant, found)
     return found
+
+
+def _install_base(conn: psycopg.Connection[Any], table_names: Sequence[str] | None, *, notify: bool) -> None:
+    """The outbox, the ledger and the catalog (idempotent); the DDL wake-up where the installer is a
+    superuser (event triggers need one); the schemas named ``schema.*``, whose tables created later the
+    worker captures."""
+    queries = sqlfiles.queries("capture.sql")
+    conn.execute(queries["install_base"].text.encode())
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    if row and row[0]:
+        conn.execute(queries["install_ddl_wake"].text.encode())
+    for pattern in schema_patterns(table_names):
+        catalog.add_captured_schema(conn, pattern, notify=notify)
+
+
+def schema_patterns(table_names: Sequence[str] | None) -> list[str]:
+    """The schemas named as ``schema.*`` among ``--tables``."""
+    found = []
+    for spec in table_names or ():
+        table_schema, name = tables.split_name(spec)
+        if name == "*" and table_schema is not None and table_schema not in found:
+            found.append(table_schema)
+    return found
+
+
+def capture_new_table(conn: psycopg.Connection[Any], relid: int, *, notify: bool) -> TableInfo | None:
+    """A table created in a captured schema (``schema.*``) after install: captured, in the caller's
+    transaction, and its rows enqueued by a rebuild of its collection. None when it cannot be (no
+    primary key, a reserved column name, gone)."""
+    info = tables.describe(conn, relid, excluded=())
+    if info is None or tables.refusal(info):
+        return None
+    hierarchy.capture_table(conn, info, notify=notify)
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(info.qualified)).fetchone()
+    catalog.start_rebuild(
+        conn, relid, "k", info.collection, f"created in captured schema {info.schema}", int(row[0]) if row else 0
+    )
+    return info
 
 
 def _rebuild_collections(conn: psycopg.Connection[Any], model: mapping.DocumentModel, names: Sequence[str]) -> None:
@@ -240,7 +242,13 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
                 who
             )
         )
-        conn.execute(sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts, cdc.mapping TO {}").format(who))
+        conn.execute(
+            sql.SQL("GRANT SELECT ON cdc.captured, cdc.captured_parts, cdc.mapping, cdc.captured_schemas TO {}").format(
+                who
+            )
+        )
+        # rebuilds after a migration: the worker enqueues their pages and forgets them once applied
+        conn.execute(sql.SQL("GRANT SELECT, UPDATE, DELETE ON cdc.rebuilds TO {}").format(who))
         # snapshots record their progress (resume after an interrupt)
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.snapshot_progress TO {}").format(who))
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON cdc.worker_state TO {}").format(who))  # its last cycle
@@ -274,7 +282,18 @@ def uninstall(
         if table_names is None:
             chosen = captured
         else:
-            chosen = tables.find_all(conn, table_names, schema)
+            patterns = schema_patterns(table_names)
+            for pattern in patterns:
+                catalog.forget_captured_schema(conn, pattern)
+            chosen = _named_or_dropped(conn, table_names, schema)
+            followed = set(catalog.captured_schemas(conn))
+            for relid in chosen:
+                info = tables.describe(conn, relid, excluded=())
+                if info is not None and info.schema in followed:
+                    raise ConfigError(
+                        f"table {info.display} is captured as part of schema {info.schema}"
+                        f" (`cdc install --tables '{info.schema}.*'`): uninstall '{info.schema}.*' instead"
+                    )
             model = mapping.load(conn)
             mapped = [t.display for t in (model.tables() if model is not None else []) if t.relid in chosen]
             if mapped:
@@ -291,6 +310,15 @@ def uninstall(
         if table_names is None:
             conn.execute("DROP SCHEMA IF EXISTS cdc CASCADE")
     return len(chosen)
+
+
+def _named_or_dropped(conn: psycopg.Connection[Any], table_names: Sequence[str], schema: str) -> list[int]:
+    """``tables.find_all``, where a name may also be a captured table that was dropped since."""
+    dropped = {f"{s}.{n}": relid for relid, s, n in catalog.dropped_tables(conn)}
+    dropped.update({n: relid for relid, s, n in catalog.dropped_tables(conn) if s == schema})
+    chosen = [dropped[name] for name in table_names if name in dropped]
+    rest = [name for name in table_names if name not in dropped]
+    return chosen + [relid for relid in (tables.find_all(conn, rest, schema) if rest else []) if relid not in chosen]
 
 
 def _release_table(conn: psycopg.Connection[Any], relid: int) -> None:

@@ -279,3 +279,48 @@ def registered_name(conn: psycopg.Connection[Any], relid: int) -> tuple[str, str
     """The (schema, name) ``relid`` was captured under (None when it is not captured)."""
     row = _run(conn, "registered_name", {"relid": relid}).fetchone()
     return None if row is None else (str(row[0]), str(row[1]))
+
+
+# ---- captured schemas (`--tables 'schema.*'`) -----------------------------------------------------
+
+
+def add_captured_schema(conn: psycopg.Connection[Any], schema: str, *, notify: bool) -> None:
+    _run(conn, "add_captured_schema", {"schema": schema, "notify": notify})
+
+
+def forget_captured_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    if _exists(conn, "cdc.captured_schemas"):
+        _run(conn, "forget_captured_schema", {"schema": schema})
+
+
+def captured_schemas(conn: psycopg.Connection[Any]) -> list[str]:
+    if not _exists(conn, "cdc.captured_schemas"):
+        return []
+    return [str(row[0]) for row in _run(conn, "captured_schemas").fetchall()]
+
+
+@dataclass(frozen=True)
+class Uncaptured:
+    """A table of a captured schema that is not captured yet."""
+
+    relid: int
+    schema: str
+    name: str
+    notify: bool
+    keyed: bool
+
+
+def uncaptured_in_schemas(conn: psycopg.Connection[Any]) -> list[Uncaptured]:
+    if not _exists(conn, "cdc.captured_schemas"):
+        return []
+    return [
+        Uncaptured(int(r[0]), str(r[1]), str(r[2]), bool(r[3]), bool(r[4]))
+        for r in _run(conn, "uncaptured_in_schemas").fetchall()
+    ]
+
+
+def dropped_tables(conn: psycopg.Connection[Any]) -> list[tuple[int, str, str]]:
+    """(relid, schema, name) of captured tables that were dropped."""
+    if not _exists(conn, "cdc.captured"):
+        return []
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in _run(conn, "dropped_tables").fetchall()]

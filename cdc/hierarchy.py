@@ -295,6 +295,38 @@ def _name(conn: psycopg.Connection[Any], relid: int) -> str:
 INSTALL_LOCK_KEY = ledger.INSTALL_LOCK_KEY
 
 
+def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool) -> None:
+    catalog.register_table(
+        conn,
+        table.relid,
+        table.schema,
+        table.name,
+        table.key_columns,
+        notify=notify,
+        excluded=table.excluded,
+        set_excluded=set_exclusions,
+    )
+
+
+def capture_table(
+    conn: psycopg.Connection[Any],
+    table: TableInfo,
+    *,
+    notify: bool,
+    set_exclusions: bool = False,
+    joins: Sequence[str] = (),
+    shown: Sequence[str] | None = None,
+) -> None:
+    """Capture one table and every partition and child it has, recording under it."""
+    known = catalog.is_captured(conn, table.relid)
+    triggers.create_root_functions(conn, table, notify, joins, shown)
+    _register(conn, table, notify, set_exclusions)
+    catalog.set_join_columns(conn, table.relid, joins)
+    catalog.set_shape(conn, table.relid)
+    for line in sync(conn, table, notify=notify, record_new=known):
+        log.info("%s", line, extra={"action": "install_part", "table": table.display})
+
+
 class Watch:
     """The worker's check, before each cycle, that captured hierarchies are in step; it reconciles
     them when its role may, and otherwise logs what to run (once per distinct state)."""

@@ -197,6 +197,10 @@ def targets(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[
         found += [Target(c.name, c.root.table, "r", c) for c in model.collections]
     if not names:
         return found
+    broken = dict(model.broken) if model is not None else {}
+    for name in names:
+        if name in broken:
+            raise ConfigError(f"collection {name} cannot be read: a migration broke its mapping: {broken[name]}")
     chosen = [t for t in found if t.collection in names or f"{t.table.schema}.{t.table.name}" in names]
     missing = set(names) - {t.collection for t in chosen} - {f"{t.table.schema}.{t.table.name}" for t in chosen}
     if missing:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import archive, export, faults, hierarchy, ledger, pg, reshape
+from cdc import archive, export, faults, hierarchy, ledger, pg, rebuild
 from cdc.apply import Applier, ApplyStats
 from cdc.backoff import TRANSIENT, Backoff
 from cdc.batches import Batches, PgBatches
@@ -83,7 +83,7 @@ class Worker:
         self._export_session = export.DrainSession(dsn)  # the exporter thread's, behind a backlog
         self.wakeup = Wakeup(dsn, self.stop)
         self.partitions = hierarchy.Watch(dsn)
-        self.shapes = reshape.Watch(dsn)  # migrations: tables whose shape changed, and their rebuilds
+        self.shapes = rebuild.Watch(dsn)  # migrations: tables whose shape changed, and their rebuilds
 
     # ---- the lock (cdc.lock) -----------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:

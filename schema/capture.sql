@@ -212,6 +212,24 @@ CREATE TABLE IF NOT EXISTS cdc.worker_state (
     error         text
 );
 
+-- name: install_ddl_wake
+-- Where the installer is a superuser: an event trigger that wakes a listening worker at the commit of
+-- any DDL, so it follows a migration at once instead of at its next poll. Only an accelerator: the
+-- capture functions never need it (they fall back by themselves), and without it the poll finds the
+-- migration.
+CREATE OR REPLACE FUNCTION cdc.ddl_wake() RETURNS event_trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $wake$
+BEGIN
+    PERFORM pg_notify('cdc_outbox', 'wake');
+END
+$wake$;
+DROP EVENT TRIGGER IF EXISTS cdc_ddl_wake;
+CREATE EVENT TRIGGER cdc_ddl_wake ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'DROP TABLE', 'CREATE INDEX',
+                 'ALTER INDEX', 'DROP INDEX')
+    EXECUTE FUNCTION cdc.ddl_wake();
+ALTER EVENT TRIGGER cdc_ddl_wake ENABLE ALWAYS
+
 -- name: table_columns
 -- kind: report
 -- Columns of one table in attnum order, with what the codec needs to map them. A column's type is

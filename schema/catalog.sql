@@ -195,3 +195,31 @@ UPDATE cdc.mapping SET relids = %(relids)s::oid[]
 -- name: registered_name
 -- The (schema, name) a captured table was registered under: its collection's name.
 SELECT schema_name, table_name FROM cdc.captured WHERE relid = %(relid)s
+
+-- name: add_captured_schema
+-- `cdc install --tables 'schema.*'`: the schema's tables created later are captured too.
+INSERT INTO cdc.captured_schemas (schema_name, notify) VALUES (%(schema)s, %(notify)s)
+ON CONFLICT (schema_name) DO UPDATE SET notify = excluded.notify
+
+-- name: forget_captured_schema
+DELETE FROM cdc.captured_schemas WHERE schema_name = %(schema)s
+
+-- name: captured_schemas
+SELECT schema_name FROM cdc.captured_schemas ORDER BY 1
+
+-- name: uncaptured_in_schemas
+-- Tables of the captured schemas that are not captured (partitions and children are captured with
+-- their parent), with whether they have a primary key.
+SELECT c.oid::int, n.nspname::text, c.relname::text, s.notify,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+FROM cdc.captured_schemas s
+JOIN pg_namespace n ON n.nspname = s.schema_name
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+WHERE NOT EXISTS (SELECT 1 FROM cdc.captured cp WHERE cp.relid = c.oid)
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = c.oid)
+ORDER BY 2, 3
+
+-- name: dropped_tables
+-- Captured tables whose oid no longer names a table.
+SELECT cp.relid::int, cp.schema_name, cp.table_name FROM cdc.captured cp
+WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = cp.relid) ORDER BY 2, 3

@@ -127,8 +127,8 @@ def install(
         click.echo(
             "collections whose shape changed: "
             + ", ".join(reshaped)
-            + "; a running worker rebuilds them by itself (when a mapping was installed before), or run"
-            + f" `cdc snapshot --collections {','.join(reshaped)}`"
+            + f"; rebuild them with `cdc snapshot --collections {','.join(reshaped)}`"
+            + " (when they replace an installed mapping's, a running worker rebuilds them by itself)"
         )
     for table in installed:
         if table.excluded:

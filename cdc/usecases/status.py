@@ -8,7 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc import capture, hierarchy, ledger, mongo, pg
+from cdc import capture, hierarchy, ledger, mongo, pg, rebuild
 from cdc.apply import APPLIED_COLLECTION
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError, PostgresUnavailable, ServerDown, UsageError
@@ -32,6 +32,7 @@ class Report:
         if report.get("tables_missing_triggers"):
             problems.append("captured tables lost their triggers: " + ", ".join(report["tables_missing_triggers"]))
         problems.extend(report.get("hierarchy_problems", []))
+        problems.extend(report.get("migration_problems", []))
         problems.extend(_worker_problems(report))
         if max_backlog is not None and report.get("backlog_changes", 0) > max_backlog:
             problems.append(f"backlog {report['backlog_changes']} > {max_backlog}")
@@ -98,6 +99,10 @@ def _ledger_status(conn: Any) -> dict[str, Any]:
         "tables_missing_triggers": [f"{t.schema}.{t.name}" for t in tables_state if not t.healthy],
         # partitions or children out of step with capture, dropped members: each with what to run
         "hierarchy_problems": hierarchy.problems(conn),
+        # migrations: what the worker cannot follow by itself (a table without a primary key, a mapping
+        # a migration broke, a dropped table), and the rebuilds under way
+        "migration_problems": rebuild.problems(conn),
+        "rebuilding": [progress.line() for progress in rebuild.progress(conn)],
     }
 
 
