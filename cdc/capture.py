@@ -150,14 +150,14 @@ def install(
 
 
 def _install_base(conn: psycopg.Connection[Any], table_names: Sequence[str] | None, *, notify: bool) -> None:
-    """The outbox, the ledger and the catalog (idempotent); the DDL wake-up where the installer is a
-    superuser (event triggers need one); the schemas named ``schema.*``, whose tables created later the
-    worker captures."""
+    """The outbox, the ledger and the catalog (idempotent); the event trigger that makes capture
+    functions follow DDL, where the installer is a superuser (event triggers need one); the schemas
+    named ``schema.*``, whose tables created later the worker captures."""
     queries = sqlfiles.queries("capture.sql")
     conn.execute(queries["install_base"].text.encode())
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if row and row[0]:
-        conn.execute(queries["install_ddl_wake"].text.encode())
+        conn.execute(queries["install_ddl_follow"].text.encode())
     for pattern in schema_patterns(table_names):
         catalog.add_captured_schema(conn, pattern, notify=notify)
 

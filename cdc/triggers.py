@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc import sqlfiles
 from cdc.tables import TableInfo
 
 NOTIFY_CHANNEL = "cdc_outbox"
@@ -96,8 +97,22 @@ def _guarded(names: Sequence[str], static: sql.Composable, kind: str, root_relid
     )
 
 
+def guard_needed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether capture functions must guard themselves: unless the event trigger ``cdc_ddl_follow``
+    (installed by a superuser) switches them to the catalog-built statement in the DDL's own transaction,
+    a function naming a column would make the next write fail once that column is renamed or dropped."""
+    row = sqlfiles.run(conn, "capture.sql", "ddl_follow_installed").fetchone()
+    return not (row and row[0])
+
+
 def _row_function_body(
-    table: TableInfo, prefix: str, notify: bool, joins: Sequence[str], shown: Sequence[str] | None
+    table: TableInfo,
+    prefix: str,
+    notify: bool,
+    joins: Sequence[str],
+    shown: Sequence[str] | None,
+    *,
+    guarded: bool = True,
 ) -> sql.Composable:
     key = key_text(table, "r")
     new_keys = sql.SQL("SELECT {} AS k FROM cdc_new AS r").format(key)
@@ -126,8 +141,10 @@ def _row_function_body(
         "INSERT INTO cdc.outbox (relid, op, keys, joins, shown) SELECT {}, 'k', array_agg(k), {}, {}"
         " FROM ({}) AS changed HAVING count(*) > 0"
     ).format(sql.Literal(table.relid), old_joins, shown_changed, selects)
-    guarded = _guarded(named_columns(table, joins, shown), static, prefix, table.relid)
-    return sql.SQL("{} {}").format(guarded, _wake(notify))
+    if not guarded:
+        return sql.SQL("{}; {}").format(static, _wake(notify))
+    body = _guarded(named_columns(table, joins, shown), static, prefix, table.relid)
+    return sql.SQL("{} {}").format(body, _wake(notify))
 
 
 def own_rows_as_changes(root: TableInfo, target: sql.Identifier, joins: Sequence[str]) -> sql.Composed:
@@ -145,16 +162,18 @@ def own_rows_as_changes(root: TableInfo, target: sql.Identifier, joins: Sequence
 
 
 def _truncate_body(
-    root: TableInfo, target: sql.Identifier | None, notify: bool, joins: Sequence[str]
+    root: TableInfo, target: sql.Identifier | None, notify: bool, joins: Sequence[str], *, guarded: bool = True
 ) -> sql.Composable:
     """A marker for a lone table (``target`` None); the keys of the target's own rows in a hierarchy."""
     if target is None:
         return sql.SQL("INSERT INTO cdc.outbox (relid, op) VALUES ({}, 't'); {}").format(
             sql.Literal(root.relid), _wake(notify)
         )
-    names = named_columns(root, joins, None)
-    guarded = _guarded(names, own_rows_as_changes(root, target, joins), "trunc", root.relid)
-    return sql.SQL("{} {}").format(guarded, _wake(notify))
+    own_rows = own_rows_as_changes(root, target, joins)
+    if not guarded:
+        return sql.SQL("{}; {}").format(own_rows, _wake(notify))
+    body = _guarded(named_columns(root, joins, None), own_rows, "trunc", root.relid)
+    return sql.SQL("{} {}").format(body, _wake(notify))
 
 
 def _key_text_settings(table: TableInfo) -> sql.Composable:
@@ -200,9 +219,10 @@ def create_root_functions(
         )
         conn.execute(sql.SQL("DROP TYPE IF EXISTS {}").format(key_type_name(root.relid)))
         conn.execute(sql.SQL("CREATE TYPE {} AS ({})").format(key_type_name(root.relid), fields))
+    guarded = guard_needed(conn)
     for _event, _referencing, prefix in TRIGGERS.values():
         if prefix != "trunc":
-            body = _row_function_body(root, prefix, notify, joins, shown)
+            body = _row_function_body(root, prefix, notify, joins, shown, guarded=guarded)
             _create_function(conn, function_name(prefix, root.relid), root, body)
 
 
@@ -220,7 +240,7 @@ def attach(
     children), recording under the root, enabled ALWAYS; a member's TRUNCATE also records the join
     values (``joins``) of its rows."""
     truncate_function = function_name("trunc", target_relid)
-    body = _truncate_body(root, target if in_hierarchy else None, notify, joins)
+    body = _truncate_body(root, target if in_hierarchy else None, notify, joins, guarded=guard_needed(conn))
     _create_function(conn, truncate_function, root, body)
     for trigger, (event, referencing, prefix) in TRIGGERS.items():
         function = truncate_function if prefix == "trunc" else function_name(prefix, root.relid)

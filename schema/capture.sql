@@ -212,23 +212,71 @@ CREATE TABLE IF NOT EXISTS cdc.worker_state (
     error         text
 );
 
--- name: install_ddl_wake
--- Where the installer is a superuser: an event trigger that wakes a listening worker at the commit of
--- any DDL, so it follows a migration at once instead of at its next poll. Only an accelerator: the
--- capture functions never need it (they fall back by themselves), and without it the poll finds the
--- migration.
-CREATE OR REPLACE FUNCTION cdc.ddl_wake() RETURNS event_trigger LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $wake$
+-- name: install_ddl_follow
+-- Where the installer is a superuser (event triggers need one): at the end of any DDL that may change a
+-- captured table's columns or key, in the DDL's own transaction, every captured table whose shape moved
+-- gets capture functions that build their statement from the catalog (cdc.capture_statement) instead
+-- of naming columns, until the worker writes them again for the new shape. So the capture functions of
+-- such an install need no guard (cdc/triggers.py), and cost what they cost before migrations were
+-- followed. The trigger also wakes a listening worker at commit. Without it, each function guards
+-- itself (one pg_attribute lookup per statement).
+CREATE OR REPLACE FUNCTION cdc.use_dynamic_capture(root oid, notify boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $dynamic$
+DECLARE
+    kind text;
+    member oid;
+    wake text := CASE WHEN notify THEN 'PERFORM pg_notify(''cdc_outbox'', ''wake''); ' ELSE '' END;
+    settings text := ' SECURITY DEFINER SET search_path = pg_catalog, pg_temp'
+                     ' SET DateStyle = ''ISO, MDY'' SET IntervalStyle = iso_8601 SET TimeZone = UTC';
 BEGIN
-    PERFORM pg_notify('cdc_outbox', 'wake');
+    FOREACH kind IN ARRAY ARRAY['ins', 'upd', 'del'] LOOP
+        EXECUTE format('CREATE OR REPLACE FUNCTION cdc.%I() RETURNS trigger LANGUAGE plpgsql%s AS %L',
+            'capture_' || kind || '_' || root, settings,
+            format('BEGIN EXECUTE coalesce(cdc.capture_statement(%s, %L, TG_RELID), %L); %sRETURN NULL; END',
+                   root::bigint, kind, 'SELECT 1', wake));
+    END LOOP;
+    -- the truncate functions of a hierarchy's members (and of its root) read their own rows' keys
+    FOR member IN SELECT cp.relid FROM cdc.captured cp WHERE cp.relid = root AND cp.in_hierarchy
+                  UNION SELECT p.relid FROM cdc.captured_parts p WHERE p.root_relid = root AND p.dropped_at IS NULL LOOP
+        EXECUTE format('CREATE OR REPLACE FUNCTION cdc.%I() RETURNS trigger LANGUAGE plpgsql%s AS %L',
+            'capture_trunc_' || member, settings,
+            format('BEGIN EXECUTE coalesce(cdc.capture_statement(%s, %L, TG_RELID), %L); %sRETURN NULL; END',
+                   root::bigint, 'trunc', 'SELECT 1', wake));
+    END LOOP;
 END
-$wake$;
+$dynamic$;
+REVOKE ALL ON FUNCTION cdc.use_dynamic_capture(oid, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION cdc.ddl_follow() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $follow$
+DECLARE
+    moved record;
+BEGIN
+    -- commands that only create or grant cannot change a captured table's columns or key
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands())
+       AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
+                       WHERE d.command_tag NOT LIKE 'CREATE %'
+                         AND d.command_tag NOT IN ('GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL')) THEN
+        RETURN;
+    END IF;
+    IF to_regclass('cdc.captured') IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM pg_notify('cdc_outbox', 'wake');
+    FOR moved IN SELECT cp.relid, cp.notify FROM cdc.captured cp JOIN pg_class c ON c.oid = cp.relid
+                 WHERE cp.shape IS NOT NULL AND cp.shape IS DISTINCT FROM cdc.table_shape(cp.relid) LOOP
+        PERFORM cdc.use_dynamic_capture(moved.relid, moved.notify);
+    END LOOP;
+END
+$follow$;
 DROP EVENT TRIGGER IF EXISTS cdc_ddl_wake;
-CREATE EVENT TRIGGER cdc_ddl_wake ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'DROP TABLE', 'CREATE INDEX',
-                 'ALTER INDEX', 'DROP INDEX')
-    EXECUTE FUNCTION cdc.ddl_wake();
-ALTER EVENT TRIGGER cdc_ddl_wake ENABLE ALWAYS
+DROP EVENT TRIGGER IF EXISTS cdc_ddl_follow;
+CREATE EVENT TRIGGER cdc_ddl_follow ON ddl_command_end EXECUTE FUNCTION cdc.ddl_follow();
+ALTER EVENT TRIGGER cdc_ddl_follow ENABLE ALWAYS
+
+-- name: ddl_follow_installed
+-- Whether the event trigger that makes capture functions follow DDL is installed and fires always.
+SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'cdc_ddl_follow' AND evtenabled = 'A')
 
 -- name: table_columns
 -- kind: report

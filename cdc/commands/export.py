@@ -9,7 +9,7 @@ from typing import Any
 import click
 import psycopg
 
-from cdc import capture, ledger, shutdown
+from cdc import capture, ledger, rebuild, shutdown
 from cdc import export as exporter  # the stage (this module's command is named export)
 from cdc.backoff import TRANSIENT, Backoff
 from cdc.commands.options import settings_options
@@ -58,10 +58,12 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     dsn = settings.pg_dsn()
     totals = [0, 0]  # batches, changes
     conn = exporter.drain_connection(dsn)
+    shapes = rebuild.Watch(dsn)  # migrations followed, and their rebuilds enqueued, as the worker does
     try:
         capture.require_installed(conn)
         exporter.recover_partials(conn, settings.archive_dir)
         if once:
+            shapes.check(pages=None)
             head = ledger.outbox_head(conn)
             conn.commit()
             _drain(conn, settings, batch_size=batch_size, up_to=head, stop=stop, totals=totals)
@@ -73,6 +75,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
                         conn.close()
                         conn = exporter.drain_connection(dsn)
                         exporter.recover_partials(conn, settings.archive_dir)
+                    shapes.check()
                     _drain(conn, settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
                 except TRANSIENT as exc:  # (no MongoDB and no worker lock here: PostgreSQL or the archive)
                     backoff.failed(exc)
@@ -81,6 +84,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
                 backoff.succeeded()
                 stop.wait(interval)
     finally:
+        shapes.close()
         conn.close()
     click.echo(f"exported {totals[1]} changes in {totals[0]} batches to {settings.archive_dir}")
     if once and stop.is_set():

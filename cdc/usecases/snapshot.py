@@ -135,8 +135,8 @@ class Snapshot:
         """Raises ``Interrupted`` when stopped between pages or batches (``left`` says what is left)."""
         with pg.connect(self.dsn) as conn:
             capture.require_installed(conn)
-            if self.applier is not None:  # before this snapshot takes a position (a re-install)
-                epoch.align(self.dsn, self.applier.database, self.archive_dir)
+            # before this snapshot takes a position or a batch id (a re-install; export only: the archive's)
+            epoch.align(self.dsn, self.applier.database if self.applier is not None else None, self.archive_dir)
             if self.applier is None and ledger.worker_running(conn):
                 raise ConfigError(
                     "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"

@@ -106,13 +106,28 @@ def _wait_verified(cdc, env, timeout: float = 120) -> None:
     pytest.fail("verify never came back clean:\n" + result.stdout[-3000:] + result.stderr[-2000:])
 
 
-@pytest.fixture
-def app(dbs, cdc, tmp_path: Path):
+OWNER_ROLE, OWNER_PASSWORD = "cdc_test_owner", "Owner-pw-19"
+
+
+@pytest.fixture(params=["superuser", "owner"])
+def app(request, dbs, cdc, tmp_path: Path):
+    """The tables, and the environment `cdc` runs with: as a superuser (the event trigger switches the
+    capture functions in the DDL's transaction), or as the tables' owner with no superuser right, as on
+    a managed service (each capture function guards itself)."""
     env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
     with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        for role, options in ((APP_ROLE, ""), (OWNER_ROLE, f"LOGIN PASSWORD '{OWNER_PASSWORD}'")):
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() is None:
+                conn.execute(f"CREATE ROLE {role} {options}")
+        if request.param == "owner":
+            database = conn.info.dbname
+            conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {OWNER_ROLE}')
+            conn.execute(f"GRANT CREATE ON SCHEMA public TO {OWNER_ROLE}")
+            conn.execute(f"SET ROLE {OWNER_ROLE}")
+            info = psycopg.conninfo.conninfo_to_dict(dbs.pg_dsn)
+            info.update(user=OWNER_ROLE, password=OWNER_PASSWORD)
+            env["CDC_PG_DSN"] = psycopg.conninfo.make_conninfo(**info)
         conn.execute(TABLES)
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone() is None:
-            conn.execute(f"CREATE ROLE {APP_ROLE}")
         conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON items, links, orders TO {APP_ROLE}")
     return env
 
@@ -136,7 +151,11 @@ def test_migrations_never_fail_a_write_and_mongodb_follows_every_shape(app, cdc,
         "ALTER TABLE purchases ADD COLUMN currency char(3) DEFAULT 'EUR'",
     ]
     try:
-        with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        with psycopg.connect(env["CDC_PG_DSN"], autocommit=True) as conn:
+            guarded = conn.execute(
+                "SELECT prosrc LIKE '%%pg_attribute%%' FROM pg_proc WHERE proname LIKE 'capture_upd_%%'"
+            )
+            assert {row[0] for row in guarded} == {env["CDC_PG_DSN"] != dbs.pg_dsn}
             for statement in migrations:
                 time.sleep(1.0)
                 conn.execute(statement)
