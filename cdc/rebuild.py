@@ -105,6 +105,13 @@ def problems(conn: psycopg.Connection[Any]) -> list[str]:
                 f"table {table.schema}.{table.name} of captured schema {table.schema} has no primary key:"
                 " it is not captured (add a primary key; the worker then captures it)"
             )
+            continue
+        info = tables.describe(conn, table.relid, excluded=())
+        reason = tables.refusal(info) if info is not None else None
+        if reason:
+            lines.append(
+                f"table {table.schema}.{table.name} of captured schema {table.schema} is not captured: {reason}"
+            )
     for _relid, schema, name in catalog.dropped_tables(conn):
         lines.append(
             f"captured table {schema}.{name} was dropped: its collection stays in MongoDB as it last was;"

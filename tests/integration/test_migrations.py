@@ -317,3 +317,66 @@ def _wait_for(run, done, timeout: float):
         result = run()
     assert done(result), getattr(result, "stdout", "") + getattr(result, "stderr", "")
     return result
+
+
+ORININU_MAPPING = Path(__file__).parents[2] / "schema" / "orininu.mapping.toml"
+
+
+def _orininu_statements(step: int) -> list[tuple[str, list[object]]]:
+    return [
+        (f"UPDATE songs SET title = title || '.' WHERE {_random_rows('songs')}", []),
+        (f"UPDATE albums SET title = title || '.' WHERE {_random_rows('albums')}", []),
+        (f"UPDATE playlist_songs SET added_at = now() WHERE {_random_rows('playlist_songs')}", []),
+        (f"UPDATE users SET full_name = 'u' || %s WHERE {_random_rows('users')}", [step]),
+        (
+            "INSERT INTO albums (artist_id, title, release_date) SELECT min(artist_id), %s, current_date FROM artists",
+            [f"a{step}"],
+        ),
+        (f"DELETE FROM playlist_songs WHERE {_random_rows('playlist_songs')} AND random() < 0.2", []),
+    ]
+
+
+def test_migrations_under_the_orininu_document_model_keep_every_document_exact(dbs, cdc, tmp_path):
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone() is None:
+            conn.execute(f"CREATE ROLE {APP_ROLE}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}")
+    for args in (("generate", "--scale", "tiny"), ("install", "--mapping", str(ORININU_MAPPING)), ("snapshot",)):
+        result = cdc(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
+    writer = Writer(dbs.pg_dsn, _orininu_statements)
+    writer.start()
+    migrations = [
+        "ALTER TABLE albums ADD COLUMN rating integer DEFAULT 3",  # albums lists no fields: it flows in
+        "ALTER TABLE songs ALTER COLUMN duration_ms TYPE bigint",  # shown by three collections
+        "ALTER TABLE playlist_songs DROP CONSTRAINT playlist_songs_pkey, ADD PRIMARY KEY (playlist_id, position)",
+        "ALTER TABLE users DROP COLUMN birth_date",
+        "ALTER TABLE artists RENAME COLUMN monthly_listeners TO listeners",
+    ]
+    try:
+        with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+            for statement in migrations:
+                time.sleep(1.0)
+                conn.execute(statement)
+        time.sleep(2.0)
+        writer.halt.set()
+        writer.join(timeout=30)
+        assert writer.failures == [], writer.failures[:5]
+        _wait_verified(cdc, env)
+        status = cdc("status", env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        writer.halt.set()
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+        print(errors[-20000:])  # shown when the test fails
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(dbs.mongo_uri)
+    try:
+        database = client[dbs.mongo_db]
+        assert database.albums.count_documents({"rating": 3}) == database.albums.count_documents({}) > 0
+        assert database.users.count_documents({"birth_date": {"$exists": True}}) == 0
+        assert database.artists.count_documents({"listeners": {"$exists": True}}) > 0
+    finally:
+        client.close()
