@@ -252,7 +252,9 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
         # snapshots record their progress (resume after an interrupt)
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.snapshot_progress TO {}").format(who))
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON cdc.worker_state TO {}").format(who))  # its last cycle
-        conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who))
+        conn.execute(
+            sql.SQL("GRANT USAGE, SELECT, UPDATE ON SEQUENCE cdc.position_seq, cdc.batch_seq TO {}").format(who)
+        )
         for info in table_infos:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(info.qualified, who))
             # row locks (snapshot pages are read FOR SHARE) need UPDATE on one column; the key

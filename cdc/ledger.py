@@ -590,11 +590,21 @@ def move_past(conn: psycopg.Connection[Any], version: int, batch: int) -> Moved 
                 renumbered = _run(conn, "renumber_outbox", {"shift": shift}).rowcount
                 renumbered += _run(conn, "renumber_unapplied_changes", {"shift": shift}).rowcount
                 _run(conn, "renumber_unapplied_batches", {"shift": shift})
+                # where a snapshot or a rebuild got to: compared with the positions still waiting
                 if snapshot_progress_access(conn) == (True, True):
                     _run(conn, "renumber_snapshot_progress", {"shift": shift, "low": int(low)})
+                if (writable := _run(conn, "rebuilds_writable").fetchone()) and writable[0]:
+                    _run(conn, "renumber_rebuilds", {"shift": shift, "low": int(low)})
             position = max(version, heads.position + shift)
             _run(conn, "move_position_seq", {"value": position})
         if heads.batch < batch:
             _run(conn, "move_batch_seq", {"value": batch})
         conn.commit()
     return Moved((heads.position, position), (heads.batch, max(heads.batch, batch)), renumbered)
+
+
+def install_identity(conn: psycopg.Connection[Any]) -> int | None:
+    """Which install of capture this is: the oid of ``cdc.position_seq`` (None: not installed). A reader."""
+    with pg.translated("reading which install of capture this is"):
+        row = _run(conn, "install_identity").fetchone()
+    return int(row[0]) if row and row[0] is not None else None

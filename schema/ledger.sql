@@ -270,8 +270,20 @@ WHERE state <> 'applied' AND mode IN ('run', 'snapshot')
 -- name: renumber_snapshot_progress
 UPDATE cdc.snapshot_progress SET last_pos = last_pos + %(shift)s WHERE last_pos >= %(low)s
 
+-- name: rebuilds_writable
+-- Whether cdc.rebuilds (cdc/reshape.py) exists and this role may update it.
+SELECT CASE WHEN to_regclass('cdc.rebuilds') IS NOT NULL THEN has_table_privilege('cdc.rebuilds', 'UPDATE')
+            ELSE false END
+
+-- name: renumber_rebuilds
+UPDATE cdc.rebuilds SET last_pos = last_pos + %(shift)s WHERE last_pos >= %(low)s
+
 -- name: move_position_seq
 SELECT setval('cdc.position_seq', %(value)s)
 
 -- name: move_batch_seq
 SELECT setval('cdc.batch_seq', %(value)s)
+
+-- name: install_identity
+-- Which install of capture this is: a re-install creates cdc.position_seq again, under a new oid.
+SELECT to_regclass('cdc.position_seq')::oid

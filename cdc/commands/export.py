@@ -9,7 +9,7 @@ from typing import Any
 import click
 import psycopg
 
-from cdc import capture, ledger, rebuild, shutdown
+from cdc import capture, epoch, ledger, rebuild, shutdown
 from cdc import export as exporter  # the stage (this module's command is named export)
 from cdc.backoff import TRANSIENT, Backoff
 from cdc.commands.options import settings_options
@@ -62,6 +62,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     try:
         capture.require_installed(conn)
         exporter.recover_partials(conn, settings.archive_dir)
+        epoch.align(dsn, None, settings.archive_dir)  # a re-install never reuses the archive's batch ids
         if once:
             shapes.check(pages=None)
             head = ledger.outbox_head(conn)

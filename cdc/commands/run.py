@@ -12,6 +12,7 @@ from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import metrics_options, settings_options
 from cdc.config import Settings
+from cdc.epoch import AligningLock
 from cdc.errors import CdcError, UsageError
 from cdc.redact import redact
 from cdc.worker import SUMMARY_EVERY_S, Worker
@@ -57,9 +58,11 @@ def run(
 
     Claimed keys stay in the ledger until MongoDB acknowledged the batch (w:majority), so a lost
     archive folder is re-exported from them. On start it first finishes batches claimed but not
-    applied. A second worker waits for the first one's lock. SIGTERM/SIGINT stop it cleanly after
-    the current write; nothing is lost if it is killed instead. With --once, a stop by a signal
-    before the run drained the outbox exits 1 (a cron `timeout` does not look like success).
+    applied. A second worker waits for the first one's lock. Each time it takes the lock, it moves
+    positions past the versions MongoDB holds (after a re-install, or a restored PostgreSQL).
+    SIGTERM/SIGINT stop it cleanly after the current write; nothing is lost if it is killed instead.
+    With --once, a stop by a signal before the run drained the outbox exits 1 (a cron `timeout` does
+    not look like success).
 
     Output: one start line (targets, passwords masked; mode; interval; archive; installed mapping),
     then every 10 s while batches are applied one summary line (batches, changes, stale, rejected,
@@ -88,15 +91,18 @@ def run(
     try:
         if metrics is not None and metrics_port is not None:
             metrics.serve(metrics_host, metrics_port)
+        applier = _applier(settings, on_retry=metrics.retried if metrics is not None else None)
         worker = Worker(
             dsn,
-            _applier(settings, on_retry=metrics.retried if metrics is not None else None),
+            applier,
             settings.archive_dir,
             batch_size=batch_size,
             stop=stop,
             metrics=metrics,
             batch_log_level=logging.DEBUG,  # per-batch lines with -v; a summary every 10 s instead
             summary_every=SUMMARY_EVERY_S,
+            # each time the lock is taken, positions move past what the target holds (a re-install)
+            lock=AligningLock(dsn, stop, applier.database, settings.archive_dir),
         )
         stats = worker.run(interval=interval, listen=listen, once=once)
         if metrics is not None and metrics_textfile is not None and not stop.is_set():

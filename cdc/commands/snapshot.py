@@ -51,6 +51,10 @@ def snapshot_command(
     unique values inside one batch would jam the applier). Needs the worker lock: stop `cdc run`
     first, or let it apply the enqueued keys.
 
+    Before it takes a position, it moves positions past the versions MongoDB holds (after a re-install
+    of capture, or a restored PostgreSQL). A snapshot whose writes were mostly refused as stale (MongoDB
+    holding newer versions of the documents) says so and exits 1.
+
     Interrupted (Ctrl-C, SIGTERM: it stops after the current page or batch; twice: at once), it says
     what is left and exits 130 (143). Running it again continues it: tables whose keys were all
     enqueued are skipped, the others continue after their last key (recorded in PostgreSQL, table
@@ -91,7 +95,7 @@ def snapshot_command(
     else:
         click.echo(
             f"snapshot: {outcome.keys} rows of {outcome.collections} collections enqueued, {outcome.applied} batches"
-            f" applied ({outcome.rejected} rejected)"
+            f" applied ({outcome.stale} stale, {outcome.rejected} rejected)"
         )
 
 

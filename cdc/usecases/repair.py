@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from pymongo.database import Database
 
-from cdc import hierarchy, ledger, mapping, snapshot, verify
+from cdc import epoch, hierarchy, ledger, mapping, snapshot, verify
 from cdc.apply import Applier
 from cdc.errors import CheckFailed
 from cdc.mapping import Collection
@@ -69,6 +69,7 @@ def repair(
     the applier (waiting for the worker lock); delete the extra documents, each guarded by the
     position verify saw (a document the worker rewrote since then stays)."""
     database = applier.database
+    epoch.align(dsn, database, archive_dir)  # after a re-install, the repaired keys must not look stale
     for item, diff in zip(items, diffs, strict=True):
         # a mapped collection's roots are refreshed (op 'r'): each document read whole again
         relid, op, name = (
