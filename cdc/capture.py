@@ -103,6 +103,7 @@ def install(
             else tables.find_all(conn, table_names, schema)
         )
         relids += [t.relid for t in (model.tables() if model is not None else []) if t.relid not in relids]
+        _lock_shapes(conn, relids)
         complete = []
         for relid in relids:
             info = tables.describe(conn, relid, excluded=())
@@ -147,6 +148,17 @@ def install(
         if grant:
             grant_worker(conn, grant, found)
     return found
+
+
+def _lock_shapes(conn: psycopg.Connection[Any], relids: Sequence[int]) -> None:
+    """Before the tables are described: no DDL moves their shape until the install commits (and their
+    writers finish first), so the functions written and the shapes recorded agree."""
+    for relid in relids:
+        named = catalog.relation_name(conn, relid)
+        if named is not None:
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(named[0], named[1]))
+            )
 
 
 def _install_base(conn: psycopg.Connection[Any], table_names: Sequence[str] | None, *, notify: bool) -> None:

@@ -25,6 +25,11 @@ def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
     return bool(row and row[0])
 
 
+def _readable(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = _run(conn, "table_readable", {"name": table}).fetchone()
+    return bool(row and row[0])
+
+
 def _text_list(value: object) -> tuple[str, ...]:
     return tuple(str(item) for item in value) if isinstance(value, list) else ()
 
@@ -241,17 +246,28 @@ def start_rebuild(  # noqa: PLR0917 (one rebuild's facts)
     _run(conn, "start_rebuild", {"relid": relid, "op": op, "collection": collection, "reason": reason, "total": total})
 
 
-def rebuild_page(conn: psycopg.Connection[Any], relid: int, op: str, last_key: str, pos: int, keys: int) -> None:  # noqa: PLR0917
-    _run(conn, "rebuild_page", {"relid": relid, "op": op, "last_key": last_key, "pos": pos, "keys": keys})
+def rebuild_page(conn: psycopg.Connection[Any], rebuild: Rebuild, last_key: str, pos: int, keys: int) -> None:
+    _run(
+        conn,
+        "rebuild_page",
+        {
+            "relid": rebuild.relid,
+            "op": rebuild.op,
+            "collection": rebuild.collection,
+            "last_key": last_key,
+            "pos": pos,
+            "keys": keys,
+        },
+    )
 
 
-def rebuild_enqueued(conn: psycopg.Connection[Any], relid: int, op: str) -> None:
-    _run(conn, "rebuild_enqueued", {"relid": relid, "op": op})
+def rebuild_enqueued(conn: psycopg.Connection[Any], rebuild: Rebuild) -> None:
+    _run(conn, "rebuild_enqueued", {"relid": rebuild.relid, "op": rebuild.op, "collection": rebuild.collection})
 
 
 def rebuilds(conn: psycopg.Connection[Any]) -> list[Rebuild]:
     """The rebuilds not finished (empty on a ledger installed before they existed)."""
-    if not _exists(conn, "cdc.rebuilds"):
+    if not _readable(conn, "cdc.rebuilds"):
         return []
     return [
         Rebuild(int(r[0]), str(r[1]), r[2], r[3], r[4], r[5], int(r[6]), int(r[7]), bool(r[8]), r[9])
@@ -294,7 +310,7 @@ def forget_captured_schema(conn: psycopg.Connection[Any], schema: str) -> None:
 
 
 def captured_schemas(conn: psycopg.Connection[Any]) -> list[str]:
-    if not _exists(conn, "cdc.captured_schemas"):
+    if not _readable(conn, "cdc.captured_schemas"):
         return []
     return [str(row[0]) for row in _run(conn, "captured_schemas").fetchall()]
 
@@ -311,7 +327,7 @@ class Uncaptured:
 
 
 def uncaptured_in_schemas(conn: psycopg.Connection[Any]) -> list[Uncaptured]:
-    if not _exists(conn, "cdc.captured_schemas"):
+    if not _readable(conn, "cdc.captured_schemas"):
         return []
     return [
         Uncaptured(int(r[0]), str(r[1]), str(r[2]), bool(r[3]), bool(r[4]))

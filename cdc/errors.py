@@ -46,6 +46,12 @@ class ShapeChanged(PostgresError):
     transient = True
 
 
+class LockBusy(PostgresError):
+    """A lock was not granted within its lock_timeout (a long transaction holds the table)."""
+
+    transient = True
+
+
 class MongoError(CdcError):
     """MongoDB reported an error."""
 

@@ -286,7 +286,7 @@ def export_batch(
     """
     started = time.perf_counter()
     archive.check_writable(archive_dir)  # before the claim: an unwritable archive costs no batch id
-    with pg.translated("exporting a batch"), _exclusive_turn(conn):
+    with pg.translated("exporting a batch", reads_captured_rows=True), _exclusive_turn(conn):
         claimed = None
         try:
             claimed = _claim(conn, batch_size, INT64_MAX if up_to is None else up_to, mode, fence)

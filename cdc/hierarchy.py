@@ -18,9 +18,9 @@ a DELETE), ``NO INHERIT``, ``DROP TABLE``. ``drift`` finds the difference betwee
   until that verify comes back clean.
 
 ``cdc install`` reconciles; so does the worker before each cycle, when its role may create triggers
-(otherwise it logs, and ``cdc status`` reports, what to run). No event trigger is used: they need a
-superuser. One window stays open: a row changed *through a newly attached partition by name* and
-then deleted the same way, before the next reconcile, is not seen.
+(otherwise it logs, and ``cdc status`` reports, what to run). Partitions are not followed by an event
+trigger (they need a superuser). One window stays open: a row changed *through a newly attached
+partition by name* and then deleted the same way, before the next reconcile, is not seen.
 """
 
 from __future__ import annotations

@@ -420,6 +420,21 @@ class WorkerState:
     progress_age_s: float | None  # seconds since its start, a cycle's end or a batch applied
 
 
+def record_follow_problems(conn: psycopg.Connection[Any], problems: Sequence[str]) -> None:
+    """In the caller's transaction: what the worker could not follow by itself (``cdc status`` shows it)."""
+    _run(conn, "record_follow_problems", {"problems": list(problems)})
+
+
+def follow_problems(conn: psycopg.Connection[Any]) -> list[str]:
+    """What the worker recorded it could not follow; empty on an older install or without the right."""
+    with pg.translated("reading the worker's state"):
+        readable = _run(conn, "worker_state_readable").fetchone()
+        if not readable or not readable[0]:
+            return []
+        row = _run(conn, "follow_problems").fetchone()
+    return [str(line) for line in row[0]] if row and isinstance(row[0], list) else []
+
+
 def worker_state(conn: psycopg.Connection[Any]) -> WorkerState | None:
     """The worker's record; None when there is none, or when the table is missing (an install made
     before it: `cdc install` adds it) or this role may not read it. A reader."""
@@ -576,6 +591,7 @@ def move_past(conn: psycopg.Connection[Any], version: int, batch: int) -> Moved 
     claims until the commit; a batch so moved no longer matches its archive folder, and is exported
     again from its keys."""
     with pg.translated("moving positions past what the target holds"):
+        _run(conn, "short_lock_wait")
         _run(conn, "lock_outbox")
         heads = sequence_heads(conn)
         if heads.position >= version and heads.batch >= batch:

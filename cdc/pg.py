@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from cdc.errors import PostgresError, PostgresUnavailable, ShapeChanged
+from cdc.errors import LockBusy, PostgresError, PostgresUnavailable, ShapeChanged
 from cdc.redact import redact, register_secret, secrets_in
 
 # Read rows exactly as the type mapping expects (product.md, "Type mapping").
@@ -25,6 +25,7 @@ TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
 # What a statement built from the catalog meets when a migration commits between the reading of the
 # catalog and the statement: a column or table gone, a type changed, a key that no longer parses, a
 # cached plan whose result type changed. Retried: the worker follows the migration first.
+LOCK_NOT_AVAILABLE = "55P03"
 SHAPE_SQLSTATES = frozenset({"42703", "42P01", "42804", "42883", "22P02", "0A000"})
 
 
@@ -60,15 +61,22 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
 
 
 @contextlib.contextmanager
-def translated(action: str) -> Iterator[None]:
-    """Turn psycopg errors raised inside the block into ``PostgresError`` naming ``action``."""
+def translated(action: str, *, reads_captured_rows: bool = False) -> Iterator[None]:
+    """Turn psycopg errors raised inside the block into ``PostgresError`` naming ``action``.
+
+    ``reads_captured_rows``: the block runs statements built from the catalog over captured tables
+    (a batch's export), so an error a migration explains (``SHAPE_SQLSTATES``) is ``ShapeChanged``,
+    which the worker retries after following the migration. A lock not granted within the block's
+    ``lock_timeout`` is ``LockBusy``, retried too."""
     try:
         yield
     except psycopg.OperationalError as exc:
         if is_transient(exc):
             raise PostgresUnavailable(f"{action}: {describe(exc)}") from exc
+        if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            raise LockBusy(f"{action}: {describe(exc)}") from exc
         raise PostgresError(f"{action}: {describe(exc)}") from exc
     except psycopg.Error as exc:
-        if getattr(exc, "sqlstate", None) in SHAPE_SQLSTATES:
+        if reads_captured_rows and getattr(exc, "sqlstate", None) in SHAPE_SQLSTATES:
             raise ShapeChanged(f"{action}: {describe(exc)}") from exc
         raise PostgresError(f"{action}: {describe(exc)}") from exc

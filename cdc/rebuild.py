@@ -26,18 +26,20 @@ PAGES_PER_CYCLE = 20  # a rebuild enqueues at most this many pages (snapshot.CHU
 
 
 class _RebuildRecorder(Recorder):
-    """Writes a rebuild's pages into ``cdc.rebuilds`` (a snapshot's go to ``cdc.snapshot_progress``)."""
+    """Writes a rebuild's pages into its row of ``cdc.rebuilds`` (a snapshot's go to
+    ``cdc.snapshot_progress``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rebuild: catalog.Rebuild) -> None:
         super().__init__("apply")
+        self.rebuild = rebuild
 
     def page(  # noqa: PLR0917 (one page's facts)
         self, conn: psycopg.Connection[Any], relid: int, op: str, last_key: str, pos: int, keys: int
     ) -> None:
-        catalog.rebuild_page(conn, relid, op, last_key, pos, keys)
+        catalog.rebuild_page(conn, self.rebuild, last_key, pos, keys)
 
     def finished(self, conn: psycopg.Connection[Any], relid: int, op: str) -> None:
-        catalog.rebuild_enqueued(conn, relid, op)
+        catalog.rebuild_enqueued(conn, self.rebuild)
 
 
 class _Quiet:
@@ -62,7 +64,7 @@ def advance_rebuilds(conn: psycopg.Connection[Any], *, pages: int | None = PAGES
             conn.commit()
             continue
         snapshot.enqueue_table(
-            conn, table, _Quiet(), rebuild.op, record=_RebuildRecorder(), after=rebuild.last_key, max_pages=pages
+            conn, table, _Quiet(), rebuild.op, record=_RebuildRecorder(rebuild), after=rebuild.last_key, max_pages=pages
         )
     left = any(not rebuild.done for rebuild in catalog.rebuilds(conn))
     conn.commit()
@@ -140,6 +142,9 @@ class Watch:
         self._conn: psycopg.Connection[Any] | None = None
         self._reported: set[str] = set()
         self.pending = False  # rebuild pages are left: the next cycle should not wait
+        # relid → why the worker cannot follow it (recorded in cdc.worker_state for `cdc status`)
+        self._problems: dict[int, str] = {}
+        self._recorded: list[str] | None = None
 
     def check(self, *, pages: int | None = PAGES_PER_CYCLE) -> list[str]:
         """Capture new tables of captured schemas, follow migrations, advance rebuilds; returns what was
@@ -165,6 +170,9 @@ class Watch:
                 supported = catalog.shapes_supported(conn)
                 moved = [relid for relid, _b, _n in catalog.shape_drift(conn)] if supported else []
                 conn.commit()
+            for relid in [relid for relid in self._problems if relid not in moved and not self._is_new(conn, relid)]:
+                self._problems.pop(relid, None)  # followed since, by `cdc install` or the event trigger
+            conn.commit()
             for relid in moved:
                 done += self._reshape(conn, relid)
             if supported:
@@ -179,7 +187,23 @@ class Watch:
                 conn.rollback()
         for line in done:
             log.warning("%s", line, extra={"action": "reshape"})
+        self._record_problems(conn)
         return done
+
+    def _record_problems(self, conn: psycopg.Connection[Any]) -> None:
+        """Write what the worker cannot follow, when it changed; a role that may not write it logs once."""
+        lines = sorted(self._problems.values())
+        if lines == self._recorded or conn.closed:
+            return
+        try:
+            with pg.translated("recording what the worker cannot follow"), conn.transaction():
+                ledger.record_follow_problems(conn, lines)
+        except PostgresUnavailable:
+            raise
+        except PostgresError as exc:
+            self._once(f"cannot record the migrations not followed for `cdc status`: {exc}")
+            return
+        self._recorded = lines
 
     def _capture_new(self, conn: psycopg.Connection[Any]) -> list[str]:
         """Tables created in a captured schema (``--tables 'schema.*'``) since the last cycle."""
@@ -195,8 +219,12 @@ class Watch:
             except PostgresUnavailable:
                 raise
             except CdcError as exc:
-                self._once(f"cannot capture new table {table.schema}.{table.name}: {exc}")
+                conn.rollback()
+                line = f"cannot capture new table {table.schema}.{table.name}: {exc}"
+                self._problems[table.relid] = line
+                self._once(line)
                 continue
+            self._problems.pop(table.relid, None)
             if info is not None:
                 done.append(f"capturing new table {info.display} (schema {info.schema} is captured)")
         return done
@@ -208,10 +236,22 @@ class Watch:
             raise
         except CdcError as exc:
             conn.rollback()
-            self._once(f"{exc} (capture goes on; the worker tries again next cycle)")
+            named = catalog.relation_name(conn, relid)
+            conn.rollback()
+            name = f"{named[0]}.{named[1]}" if named is not None else f"oid {relid}"
+            line = (
+                f"a migration of table {name} is not followed: {exc} (capture goes on, and the worker tries"
+                f" again each cycle; `cdc install --tables {name}` as the table's owner follows it)"
+            )
+            self._problems[relid] = line
+            self._once(line)
             return []
-        self._reported = {line for line in self._reported if not line.startswith("table oid")}
+        self._problems.pop(relid, None)
         return lines
+
+    @staticmethod
+    def _is_new(conn: psycopg.Connection[Any], relid: int) -> bool:
+        return any(table.relid == relid for table in catalog.uncaptured_in_schemas(conn))
 
     def _once(self, line: str) -> None:
         if line not in self._reported:

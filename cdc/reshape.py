@@ -1,18 +1,20 @@
 """Migrations: the worker follows a captured table's new shape, and MongoDB converges by itself.
 
-A migration never makes an application's write fail: every capture function checks, with one index
-lookup, that the columns it names still exist, and otherwise records the keys through a statement built
-from the catalog as it is now (``triggers._guarded``). What is left is to bring MongoDB to the new
-shape. Before every cycle the worker compares each captured table's shape (``cdc.table_shape``: the
-primary key's columns and types, then every column's number, name and type) with the one recorded
-when its capture functions were written (``cdc.captured.shape``). For each table that moved:
+A migration never makes an application's write fail: the event trigger ``cdc_ddl_follow`` (where a
+superuser installed) switches the capture functions of a table whose shape moved to a statement built
+from the catalog, in the DDL's own transaction; elsewhere every capture function checks, with one index
+lookup, that the columns it names still exist, and otherwise runs that statement (``triggers._guarded``).
+What is left is to bring MongoDB to the new shape. Before every cycle the worker compares each captured
+table's shape (``cdc.table_shape``: the primary key's columns and types, then every column's number,
+name and type) with the one recorded when its capture functions were written (``cdc.captured.shape``).
+For each table that moved:
 
 - its capture functions and triggers are written again for the new shape (the static path is back),
   and its excluded columns follow their renames (by column number);
 - **a replaced primary key** (other columns, or other types) re-keys its collection: with writers of
-  the table held off for a moment (``LOCK … IN SHARE MODE``, under a short ``lock_timeout``), the
-  changes still waiting under the old key are dropped, and a truncate marker removes every document
-  older than it, so the documents under the old ``_id`` go;
+  the table held off for a moment (``LOCK … IN SHARE ROW EXCLUSIVE MODE``, under a short
+  ``lock_timeout``), the changes still waiting under the old key are dropped, and a truncate marker
+  removes every document older than it, so the documents under the old ``_id`` go;
 - **any change** (a column added, dropped, renamed or retyped; ``ADD COLUMN … DEFAULT`` and
   ``ALTER COLUMN … TYPE`` rewrite every row without firing a DML trigger) starts a *rebuild*: every
   key of the table (its own collection, op ``k``), or of the root table of every mapped collection
@@ -21,8 +23,8 @@ when its capture functions were written (``cdc.captured.shape``). For each table
   ``cdc status`` prints ``rebuilding songs: 12,000/40,000`` until every enqueued key is applied.
 
 A renamed table keeps its oid, so capture and its collection follow it. The worker needs to own the
-tables (it writes their triggers); a role that may not logs what to run, once per state, and capture
-goes on through the fallback path meanwhile.
+tables (it writes their triggers); a role that may not logs what to run, once per state, ``cdc status``
+reports it, and capture goes on through the fallback path meanwhile.
 """
 
 from __future__ import annotations
@@ -104,19 +106,24 @@ def moved(conn: psycopg.Connection[Any]) -> Moved:
 
 def reshape(conn: psycopg.Connection[Any], relid: int) -> list[str]:
     """Bring one table's capture and collections to its new shape, in one transaction; returns what was
-    done, a line each (empty when another process did it first)."""
+    done, a line each (empty when another process did it first).
+
+    The table (with its partitions and children) is locked first, ``SHARE ROW EXCLUSIVE`` under a
+    short ``lock_timeout``: its writers finish, and no DDL can move its shape again before the commit,
+    so the shape recorded is the one the functions are written for, and every change recorded under
+    the old shape is committed before a re-key drops it. A table busy past the timeout is tried again
+    next cycle. A table captured before shapes were kept gets its functions written again (guarded,
+    running as their owner) and its shape recorded, with no rebuild."""
     with pg.translated("following a migration"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [ledger.INSTALL_LOCK_KEY])
-        entry = moved(conn).get(relid)
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+        named = catalog.relation_name(conn, relid)
+        if named is None:
+            return []
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(named[0], named[1])))
+        entry = moved(conn).get(relid)  # under the lock: the shape cannot move any more
         if entry is None:
             return []
-        if entry[0] is None:  # captured before shapes were kept: this is the shape it has
-            catalog.set_shape(conn, relid)
-            return []
-        # rewriting the triggers waits for the table's writers, and holds new ones off until commit:
-        # every change recorded under the old shape is then committed, and every later one is
-        # recorded by the functions written here. Not for long: a long transaction means next cycle.
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
         follow_exclusions(conn, relid, entry)
         info = tables.describe(conn, relid)
         if info is None:

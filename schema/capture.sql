@@ -211,6 +211,9 @@ CREATE TABLE IF NOT EXISTS cdc.worker_state (
     failing_since timestamptz,
     error         text
 );
+-- What the worker could not follow by itself (cdc/rebuild.py): a migration it may not rewrite the
+-- capture for, a table of a captured schema it could not capture; one line each, empty when none.
+ALTER TABLE cdc.worker_state ADD COLUMN IF NOT EXISTS follow_problems text[] NOT NULL DEFAULT '{}';
 
 -- name: install_ddl_follow
 -- Where the installer is a superuser (event triggers need one): at the end of any DDL that may change a
@@ -247,36 +250,65 @@ END
 $dynamic$;
 REVOKE ALL ON FUNCTION cdc.use_dynamic_capture(oid, boolean) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION cdc.ddl_follow() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $follow$
+CREATE OR REPLACE FUNCTION cdc.follow_tables(candidates oid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $tables$
 DECLARE
     moved record;
 BEGIN
-    -- commands that only create or grant cannot change a captured table's columns or key
-    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands())
-       AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
-                       WHERE d.command_tag NOT LIKE 'CREATE %'
-                         AND d.command_tag NOT IN ('GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL')) THEN
-        RETURN;
-    END IF;
     IF to_regclass('cdc.captured') IS NULL THEN
         RETURN;
     END IF;
-    PERFORM pg_notify('cdc_outbox', 'wake');
+    -- a partition or child named by the DDL stands for its root (the functions are the root's)
     FOR moved IN SELECT cp.relid, cp.notify FROM cdc.captured cp JOIN pg_class c ON c.oid = cp.relid
-                 WHERE cp.shape IS NOT NULL AND cp.shape IS DISTINCT FROM cdc.table_shape(cp.relid) LOOP
+                 WHERE (candidates IS NULL OR cp.relid = ANY (candidates)
+                        OR cp.relid IN (SELECT p.root_relid FROM cdc.captured_parts p WHERE p.relid = ANY (candidates)))
+                   AND cp.shape IS NOT NULL AND cp.shape IS DISTINCT FROM cdc.table_shape(cp.relid) LOOP
         PERFORM cdc.use_dynamic_capture(moved.relid, moved.notify);
+        IF moved.notify THEN
+            PERFORM pg_notify('cdc_outbox', 'wake');
+        END IF;
     END LOOP;
 END
+$tables$;
+REVOKE ALL ON FUNCTION cdc.follow_tables(oid[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION cdc.ddl_follow() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $follow$
+BEGIN
+    -- the relations the DDL named (an ALTER TABLE, its subcommands); a command on any other kind of
+    -- object that is not a plain CREATE, GRANT or COMMENT (ALTER TYPE … RENAME ATTRIBUTE of a typed
+    -- table, say) may change a table it does not name: then every captured table is compared
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
+               WHERE d.classid <> 'pg_catalog.pg_class'::regclass AND d.command_tag NOT LIKE 'CREATE %'
+                 AND d.command_tag NOT IN ('GRANT', 'REVOKE', 'COMMENT', 'SECURITY LABEL', 'ALTER DEFAULT PRIVILEGES')) THEN
+        PERFORM cdc.follow_tables(NULL);
+    ELSE
+        PERFORM cdc.follow_tables(ARRAY(SELECT DISTINCT d.objid FROM pg_event_trigger_ddl_commands() d
+                                        WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                                          AND d.command_tag NOT LIKE 'CREATE %'));
+    END IF;
+END
 $follow$;
+
+CREATE OR REPLACE FUNCTION cdc.drop_follow() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $dropped$
+BEGIN
+    -- columns dropped by a cascade (DROP TYPE, DROP DOMAIN, DROP FUNCTION … CASCADE) name no table
+    PERFORM cdc.follow_tables(ARRAY(SELECT DISTINCT o.objid FROM pg_event_trigger_dropped_objects() o
+                                    WHERE o.object_type = 'table column'));
+END
+$dropped$;
 DROP EVENT TRIGGER IF EXISTS cdc_ddl_wake;
 DROP EVENT TRIGGER IF EXISTS cdc_ddl_follow;
+DROP EVENT TRIGGER IF EXISTS cdc_drop_follow;
 CREATE EVENT TRIGGER cdc_ddl_follow ON ddl_command_end EXECUTE FUNCTION cdc.ddl_follow();
-ALTER EVENT TRIGGER cdc_ddl_follow ENABLE ALWAYS
+ALTER EVENT TRIGGER cdc_ddl_follow ENABLE ALWAYS;
+CREATE EVENT TRIGGER cdc_drop_follow ON sql_drop EXECUTE FUNCTION cdc.drop_follow();
+ALTER EVENT TRIGGER cdc_drop_follow ENABLE ALWAYS
 
 -- name: ddl_follow_installed
--- Whether the event trigger that makes capture functions follow DDL is installed and fires always.
-SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'cdc_ddl_follow' AND evtenabled = 'A')
+-- Whether the event triggers that make capture functions follow DDL are installed and fire always.
+SELECT count(*) = 2 FROM pg_event_trigger WHERE evtname IN ('cdc_ddl_follow', 'cdc_drop_follow') AND evtenabled = 'A'
 
 -- name: table_columns
 -- kind: report

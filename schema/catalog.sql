@@ -6,6 +6,10 @@
 -- Whether a catalog table exists (a ledger installed before it was added has not got it).
 SELECT to_regclass(%(name)s) IS NOT NULL
 
+-- name: table_readable
+-- Whether a catalog table exists and this role may read it (a worker granted by an older version).
+SELECT CASE WHEN to_regclass(%(name)s) IS NOT NULL THEN has_table_privilege(%(name)s, 'SELECT') ELSE false END
+
 -- name: register_table
 -- A captured table; its exclusions are kept unless they are being set, and so is the name it was
 -- registered under (its collection's name: a renamed table keeps its collection).
@@ -173,10 +177,10 @@ ON CONFLICT (relid, op, collection) DO UPDATE SET reason = excluded.reason, last
 
 -- name: rebuild_page
 UPDATE cdc.rebuilds SET last_key = %(last_key)s, last_pos = %(pos)s, keys = keys + %(keys)s
-WHERE relid = %(relid)s AND op = %(op)s
+WHERE relid = %(relid)s AND op = %(op)s AND collection = %(collection)s
 
 -- name: rebuild_enqueued
-UPDATE cdc.rebuilds SET done = true WHERE relid = %(relid)s AND op = %(op)s
+UPDATE cdc.rebuilds SET done = true WHERE relid = %(relid)s AND op = %(op)s AND collection = %(collection)s
 
 -- name: rebuilds
 SELECT relid::int, op::text, collection, reason, last_key, last_pos, keys, total, done, started_at

@@ -214,6 +214,15 @@ ON CONFLICT (only_one) DO UPDATE SET lock_pid = excluded.lock_pid, interval_s = 
                          THEN least(cdc.worker_state.failing_since, excluded.failing_since)
                          ELSE excluded.failing_since END
 
+-- name: record_follow_problems
+-- What the worker could not follow by itself (a row is made when the worker has none yet).
+INSERT INTO cdc.worker_state (follow_problems) VALUES (%(problems)s)
+ON CONFLICT (only_one) DO UPDATE SET follow_problems = excluded.follow_problems
+
+-- name: follow_problems
+-- Read through to_jsonb of the whole row: a ledger installed before the column existed reads as none.
+SELECT to_jsonb(s) -> 'follow_problems' FROM cdc.worker_state AS s
+
 -- name: worker_state_readable
 -- Whether cdc.worker_state exists (an install older than it lacks it) and this role may read it.
 SELECT CASE WHEN to_regclass('cdc.worker_state') IS NOT NULL
@@ -237,6 +246,11 @@ FROM cdc.worker_state s
 SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM cdc.position_seq),
        (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM cdc.batch_seq),
        has_sequence_privilege('cdc.position_seq', 'UPDATE') AND has_sequence_privilege('cdc.batch_seq', 'UPDATE')
+
+-- name: short_lock_wait
+-- For the rest of the transaction: a lock not granted in 5 s fails it (retried later), instead of
+-- making every capturing write queue behind the wait.
+SELECT set_config('lock_timeout', '5s', true)
 
 -- name: lock_outbox
 -- While positions move: no statement takes a position, and no exporter claims, until the commit.

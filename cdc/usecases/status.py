@@ -101,7 +101,7 @@ def _ledger_status(conn: Any) -> dict[str, Any]:
         "hierarchy_problems": hierarchy.problems(conn),
         # migrations: what the worker cannot follow by itself (a table without a primary key, a mapping
         # a migration broke, a dropped table), and the rebuilds under way
-        "migration_problems": rebuild.problems(conn),
+        "migration_problems": rebuild.problems(conn) + ledger.follow_problems(conn),
         "rebuilding": [progress.line() for progress in rebuild.progress(conn)],
     }
 

@@ -380,3 +380,35 @@ def test_migrations_under_the_orininu_document_model_keep_every_document_exact(d
         assert database.artists.count_documents({"listeners": {"$exists": True}}) > 0
     finally:
         client.close()
+
+
+WORKER_ROLE, WORKER_PASSWORD = "cdc_test_migration_worker", "Worker-pw-19"
+
+
+def test_a_migration_a_least_privileged_worker_cannot_follow_is_reported_until_install_follows_it(dbs, cdc, tmp_path):
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        conn.execute(TABLES)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [WORKER_ROLE]).fetchone() is None:
+            conn.execute(f"CREATE ROLE {WORKER_ROLE} LOGIN PASSWORD '{WORKER_PASSWORD}'")
+    info = psycopg.conninfo.conninfo_to_dict(dbs.pg_dsn)
+    info.update(user=WORKER_ROLE, password=WORKER_PASSWORD)
+    worker_env = {**env, "CDC_PG_DSN": psycopg.conninfo.make_conninfo(**info)}
+    for args in (("install", "--tables", "items", "--grant", WORKER_ROLE), ("snapshot",)):
+        result = cdc(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    worker = start_cdc("run", "--listen", "--interval", "1", env=worker_env)
+    try:
+        with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE items ADD COLUMN size integer NOT NULL DEFAULT 7")
+            conn.execute("UPDATE items SET qty = qty + 1 WHERE item_id <= 10")  # capture goes on
+        reported = _wait_for(lambda: cdc("status", env=worker_env), lambda r: "is not followed" in r.stderr, 60)
+        assert reported.returncode == 1 and "items" in reported.stderr, reported.stderr
+        followed = cdc("install", "--tables", "items", "--grant", WORKER_ROLE, env=env)  # as the owner
+        assert followed.returncode == 0, followed.stderr
+        _wait_verified(cdc, env)
+        _wait_for(lambda: cdc("status", env=worker_env), lambda r: r.returncode == 0, 60)
+    finally:
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+        print(errors[-20000:])  # shown when the test fails
