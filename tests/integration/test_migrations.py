@@ -7,12 +7,13 @@ a mapping that a migration broke is reported, keeps the rest syncing, and can be
 
 from __future__ import annotations
 
-import json
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pymongo
@@ -39,11 +40,14 @@ def _random_rows(table: str) -> str:
     return f"ctid = ANY (ARRAY(SELECT ctid FROM {table} ORDER BY random() LIMIT 2))"
 
 
+Statements = Callable[[int], list[tuple[str, list[object]]]]
+
+
 class Writer(threading.Thread):
     """The application: inserts, updates and deletes on every table, as a role that may write those
     tables and nothing in schema cdc, each statement in its own transaction; every failure is kept."""
 
-    def __init__(self, dsn: str, statements: Callable[[int], list[tuple[str, list[object]]]]) -> None:
+    def __init__(self, dsn: str, statements: Statements) -> None:
         super().__init__(daemon=True)
         self.dsn = dsn
         self.statements = statements
@@ -88,11 +92,6 @@ def _statements(step: int) -> list[tuple[str, list[object]]]:
     ]
 
 
-def _status(cdc, env) -> dict[str, object]:
-    result = cdc("status", "--json", env=env)
-    return {"exit": result.returncode, **json.loads(result.stdout or "{}")}
-
-
 def _wait_verified(cdc, env, timeout: float = 120) -> None:
     """Until `cdc verify` is clean (the worker drains and rebuilds meanwhile)."""
     deadline = time.monotonic() + timeout
@@ -104,6 +103,47 @@ def _wait_verified(cdc, env, timeout: float = 120) -> None:
         time.sleep(1)
     assert result is not None
     pytest.fail("verify never came back clean:\n" + result.stdout[-3000:] + result.stderr[-2000:])
+
+
+@contextlib.contextmanager
+def _live(env: dict[str, str], dsn: str, statements: Statements | None = None) -> Iterator[Writer | None]:
+    """`cdc run --listen` in the background, and the application writing beside it (``statements``);
+    both stopped on the way out, the worker's lines printed (pytest shows them when the test fails)."""
+    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
+    writer = Writer(dsn, statements) if statements is not None else None
+    if writer is not None:
+        writer.start()
+    try:
+        yield writer
+    finally:
+        if writer is not None:
+            writer.halt.set()
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+        print(errors[-20000:])
+
+
+def _settle(cdc, env: dict[str, str], writer: Writer | None) -> None:
+    """The writer stops with every statement of its accepted; MongoDB then converges (a clean verify)
+    and `cdc status` exits 0."""
+    time.sleep(1.0)
+    assert writer is not None
+    writer.halt.set()
+    writer.join(timeout=30)
+    assert writer.failures == [], writer.failures[:5]
+    assert writer.done > 20
+    _wait_verified(cdc, env)
+    status = cdc("status", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+@contextlib.contextmanager
+def _mongo(dbs) -> Iterator[Any]:
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(dbs.mongo_uri)
+    try:
+        yield client[dbs.mongo_db]
+    finally:
+        client.close()
 
 
 OWNER_ROLE, OWNER_PASSWORD = "cdc_test_owner", "Owner-pw-19"
@@ -137,9 +177,6 @@ def test_migrations_never_fail_a_write_and_mongodb_follows_every_shape(app, cdc,
     for args in (("install", "--tables", "items,links,orders"), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
-    writer = Writer(dbs.pg_dsn, _statements)
-    writer.start()
     migrations = [
         "ALTER TABLE items RENAME COLUMN item_id TO id",
         "ALTER TABLE items ADD COLUMN color text NOT NULL DEFAULT 'red'",
@@ -150,35 +187,25 @@ def test_migrations_never_fail_a_write_and_mongodb_follows_every_shape(app, cdc,
         "ALTER TABLE orders RENAME TO purchases",
         "ALTER TABLE purchases ADD COLUMN currency char(3) DEFAULT 'EUR'",
     ]
-    try:
+    with _live(env, dbs.pg_dsn, _statements) as writer:
         with psycopg.connect(env["CDC_PG_DSN"], autocommit=True) as conn:
             guarded = conn.execute(
                 "SELECT prosrc LIKE '%%pg_attribute%%' FROM pg_proc WHERE proname LIKE 'capture_upd_%%'"
             )
             assert {row[0] for row in guarded} == {env["CDC_PG_DSN"] != dbs.pg_dsn}
-            for statement in migrations:
-                time.sleep(1.0)
-                conn.execute(statement)
-        time.sleep(2.0)
-        writer.halt.set()
-        writer.join(timeout=30)
-        assert writer.failures == [], writer.failures[:5]
-        assert writer.done > 50
-        _wait_verified(cdc, env)
-        status = _status(cdc, env)
-        assert status["exit"] == 0, status
-    finally:
-        writer.halt.set()
-        worker.terminate()
-        _, errors = worker.communicate(timeout=60)
-        print(errors[-20000:])  # shown when the test fails
-    assert worker.returncode in (0, 143, -15), errors
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(dbs.mongo_uri)
-    try:
-        _check_documents(client[dbs.mongo_db])
-    finally:
-        client.close()
+            _migrate(conn, migrations)
+        _settle(cdc, env, writer)
+    with _mongo(dbs) as database:
+        _check_documents(database)
     assert cdc("verify", env=env).returncode == 0
+
+
+def _migrate(conn: psycopg.Connection[Any], migrations: list[str]) -> None:
+    """One migration a second, while the application writes."""
+    for statement in migrations:
+        time.sleep(1.0)
+        conn.execute(statement)
+    time.sleep(1.0)
 
 
 def _check_documents(database) -> None:
@@ -239,10 +266,7 @@ def test_a_mapping_broken_by_a_migration_is_reported_and_replaced_while_writes_g
     for args in (("install", "--mapping", str(first)), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
-    writer = Writer(dbs.pg_dsn, _mapped_statements)
-    writer.start()
-    try:
+    with _live(env, dbs.pg_dsn, _mapped_statements) as writer:
         time.sleep(1.0)
         with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
             conn.execute("ALTER TABLE customers RENAME COLUMN city TO town")
@@ -254,23 +278,9 @@ def test_a_mapping_broken_by_a_migration_is_reported_and_replaced_while_writes_g
         assert refused.returncode == 1 and "customers" in refused.stderr, refused.stdout + refused.stderr
         replaced = cdc("install", "--mapping", str(fixed), env=env)
         assert replaced.returncode == 0, replaced.stderr
-        time.sleep(1.0)
-        writer.halt.set()
-        writer.join(timeout=30)
-        assert writer.failures == [], writer.failures[:5]
-        _wait_verified(cdc, env)
-        status = cdc("status", env=env)
-        assert status.returncode == 0, status.stdout + status.stderr
-    finally:
-        writer.halt.set()
-        worker.terminate()
-        _, errors = worker.communicate(timeout=60)
-        print(errors[-20000:])  # shown when the test fails
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(dbs.mongo_uri)
-    try:
-        customer = client[dbs.mongo_db].customers.find_one({"_id": 1})
-    finally:
-        client.close()
+        _settle(cdc, env, writer)
+    with _mongo(dbs) as database:
+        customer = database.customers.find_one({"_id": 1})
     assert customer is not None and "town" in customer and "city" not in customer
 
 
@@ -282,8 +292,7 @@ def test_a_captured_schema_takes_in_new_tables_and_reports_what_it_cannot(dbs, c
     for args in (("install", "--tables", "shop.*"), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
-    try:
+    with _live(env, dbs.pg_dsn):
         with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE shop.b (id integer PRIMARY KEY, w numeric)")
             conn.execute("INSERT INTO shop.b SELECT g, g / 3.0 FROM generate_series(1, 40) g")
@@ -303,10 +312,6 @@ def test_a_captured_schema_takes_in_new_tables_and_reports_what_it_cannot(dbs, c
         assert released.returncode == 0, released.stderr
         status = cdc("status", env=env)
         assert status.returncode == 0, status.stdout + status.stderr
-    finally:
-        worker.terminate()
-        _, errors = worker.communicate(timeout=60)
-        print(errors[-20000:])  # shown when the test fails
 
 
 def _wait_for(run, done, timeout: float):
@@ -345,9 +350,6 @@ def test_migrations_under_the_orininu_document_model_keep_every_document_exact(d
     for args in (("generate", "--scale", "tiny"), ("install", "--mapping", str(ORININU_MAPPING)), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = start_cdc("run", "--listen", "--interval", "1", env=env)
-    writer = Writer(dbs.pg_dsn, _orininu_statements)
-    writer.start()
     migrations = [
         "ALTER TABLE albums ADD COLUMN rating integer DEFAULT 3",  # albums lists no fields: it flows in
         "ALTER TABLE songs ALTER COLUMN duration_ms TYPE bigint",  # shown by three collections
@@ -355,31 +357,14 @@ def test_migrations_under_the_orininu_document_model_keep_every_document_exact(d
         "ALTER TABLE users DROP COLUMN birth_date",
         "ALTER TABLE artists RENAME COLUMN monthly_listeners TO listeners",
     ]
-    try:
+    with _live(env, dbs.pg_dsn, _orininu_statements) as writer:
         with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
-            for statement in migrations:
-                time.sleep(1.0)
-                conn.execute(statement)
-        time.sleep(2.0)
-        writer.halt.set()
-        writer.join(timeout=30)
-        assert writer.failures == [], writer.failures[:5]
-        _wait_verified(cdc, env)
-        status = cdc("status", env=env)
-        assert status.returncode == 0, status.stdout + status.stderr
-    finally:
-        writer.halt.set()
-        worker.terminate()
-        _, errors = worker.communicate(timeout=60)
-        print(errors[-20000:])  # shown when the test fails
-    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(dbs.mongo_uri)
-    try:
-        database = client[dbs.mongo_db]
+            _migrate(conn, migrations)
+        _settle(cdc, env, writer)
+    with _mongo(dbs) as database:
         assert database.albums.count_documents({"rating": 3}) == database.albums.count_documents({}) > 0
         assert database.users.count_documents({"birth_date": {"$exists": True}}) == 0
         assert database.artists.count_documents({"listeners": {"$exists": True}}) > 0
-    finally:
-        client.close()
 
 
 WORKER_ROLE, WORKER_PASSWORD = "cdc_test_migration_worker", "Worker-pw-19"
@@ -397,8 +382,7 @@ def test_a_migration_a_least_privileged_worker_cannot_follow_is_reported_until_i
     for args in (("install", "--tables", "items", "--grant", WORKER_ROLE), ("snapshot",)):
         result = cdc(*args, env=env)
         assert result.returncode == 0, result.stderr
-    worker = start_cdc("run", "--listen", "--interval", "1", env=worker_env)
-    try:
+    with _live(worker_env, dbs.pg_dsn):
         with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
             conn.execute("ALTER TABLE items ADD COLUMN size integer NOT NULL DEFAULT 7")
             conn.execute("UPDATE items SET qty = qty + 1 WHERE item_id <= 10")  # capture goes on
@@ -408,7 +392,3 @@ def test_a_migration_a_least_privileged_worker_cannot_follow_is_reported_until_i
         assert followed.returncode == 0, followed.stderr
         _wait_verified(cdc, env)
         _wait_for(lambda: cdc("status", env=worker_env), lambda r: r.returncode == 0, 60)
-    finally:
-        worker.terminate()
-        _, errors = worker.communicate(timeout=60)
-        print(errors[-20000:])  # shown when the test fails
