@@ -395,6 +395,18 @@ class Applier:
         run()
         self._given = version
 
+    def sweep(self, collection: str, below: int) -> int:
+        """Delete the documents of ``collection`` whose version is below ``below``: after a whole snapshot
+        taken from that position on, they are documents of rows that no longer exist (every row left
+        was written again at or above it). Returns how many went."""
+
+        @self.retrying
+        def run() -> int:
+            return self.collection(collection).delete_many({"_cdc.pos": {"$lt": Int64(below)}}).deleted_count
+
+        with translated(f"removing the documents of rows gone from {collection}"):
+            return int(run())
+
     def mark_applied(self, batch_id: int) -> None:
         @self.retrying
         def run() -> None:

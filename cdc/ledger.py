@@ -68,6 +68,13 @@ def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None
     return sqlfiles.run(conn, "ledger.sql", name, params)
 
 
+def draw_position(conn: psycopg.Connection[Any]) -> int:
+    """A position drawn now, in the caller's transaction (a sequence value is never given back)."""
+    row = _run(conn, "draw_position").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def outbox_head(conn: psycopg.Connection[Any]) -> int:
     """The highest position in the outbox now (0 when empty). A reader: the caller ends the transaction."""
     with pg.translated("reading the outbox"):

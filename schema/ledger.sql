@@ -1,6 +1,10 @@
 -- The ledger's SQL: the outbox, the batches and their changes. Only cdc/ledger.py runs these
 -- blocks (loaded by name); readers never commit, their callers end the transaction.
 
+-- name: draw_position
+-- A position drawn now: every change captured or enqueued from now on gets a larger one.
+SELECT nextval('cdc.position_seq')
+
 -- name: outbox_head
 -- The highest position in the outbox now (0 when empty).
 SELECT coalesce(max(pos), 0) FROM cdc.outbox

@@ -95,7 +95,8 @@ def snapshot_command(
     else:
         click.echo(
             f"snapshot: {outcome.keys} rows of {outcome.collections} collections enqueued, {outcome.applied} batches"
-            f" applied ({outcome.stale} stale, {outcome.rejected} rejected)"
+            f" applied ({outcome.stale} stale, {outcome.rejected} rejected); {outcome.swept} documents of rows"
+            " gone removed"
         )
 
 

@@ -98,6 +98,7 @@ class Outcome:
     handed_over: bool = False
     exported: Exported | None = None
     stale: int = 0  # writes refused as stale (MongoDB held a version at least as new)
+    swept: int = 0  # documents of rows gone removed at the end (a whole snapshot, applied here)
     own: tuple[int, int] = (0, 0)  # (writes, stale) of the batches this snapshot claimed
 
 
@@ -130,6 +131,10 @@ class Snapshot:
         self.wait_for_lock = wait_for_lock
         self.mode = "export" if applier is None else "apply"
         self.chosen: list[Target] = []  # known once ``run`` has read the catalog
+        # a position drawn before the first page of a snapshot that starts afresh: once every page is
+        # applied, a document below it is one of a row that is gone (deleted while nothing captured it:
+        # between an uninstall and an install, before the first install)
+        self.sweep_below: int | None = None
 
     def run(self, names: Sequence[str] | None = None, *, restart: bool = False) -> Outcome:
         """Raises ``Interrupted`` when stopped between pages or batches (``left`` says what is left)."""
@@ -189,6 +194,9 @@ class Snapshot:
                     f"continuing the snapshot interrupted since {since:%Y-%m-%d %H:%M:%S} ({finished} of "
                     f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)"
                 )
+        if plan is None or not plan.resuming:
+            self.sweep_below = ledger.draw_position(conn)
+            conn.commit()
         database = self.applier.database if self.applier is not None else None
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
             return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
@@ -226,6 +234,8 @@ class Snapshot:
                 worker.cycle_to_head(fast_insert=fast, progress=progress)
         finally:
             worker.release()
+        if self.sweep_below is not None and not self.stop.is_set():
+            outcome.swept = sum(applier.sweep(target.collection, self.sweep_below) for target in self.chosen)
         outcome.applied, outcome.rejected = worker.stats.batches, worker.stats.rejected
         outcome.stale = worker.stats.stale
         outcome.own = worker.stats.changes - before[0], worker.stats.stale - before[1]

@@ -218,3 +218,22 @@ def test_a_role_that_may_not_move_the_sequences_is_told_the_grant(dbs, cdc, tmp_
     assert MOVED in snap.stderr, snap.stderr
     assert stale_of(snap.stdout) == 0, snap.stdout
     ok(cdc("verify", env=worker))
+
+
+def test_rows_deleted_and_changed_while_capture_was_uninstalled_are_right_after_the_snapshot(dbs, cdc, tmp_path):
+    """Between an uninstall and the next install nothing is captured: the snapshot after the install
+    writes every row again and removes the documents of rows deleted meanwhile."""
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive")}
+    ok(cdc("generate", "--scale", "tiny", env=env))
+    ok(cdc("install", env=env))
+    ok(cdc("snapshot", env=env))
+    ok(cdc("uninstall", "--yes", env=env))
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM playlists WHERE playlist_id % 4 = 0")  # cascades to playlist_songs
+        conn.execute("UPDATE songs SET title = 'while uninstalled' WHERE song_id % 5 = 0")
+    ok(cdc("install", env=env))
+    snapshot = ok(cdc("snapshot", env=env))
+    assert stale_of(snapshot.stdout) == 0
+    swept = re.search(r"(\d+) documents of rows gone removed", snapshot.stdout)
+    assert swept and int(swept.group(1)) > 0, snapshot.stdout
+    ok(cdc("verify", env=env))
