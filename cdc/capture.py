@@ -124,13 +124,9 @@ def install(
             found.append(info)
         _install_base(conn, table_names, notify=notify)
         if mapping_file is not None:
-            mapping.store(conn, model, mapping_name)
-            if model is not None:
-                changed = mapping.collections_changed(old_model, model)
-                if reshaped is not None:
-                    reshaped += changed
-                if old_model is not None:
-                    _rebuild_collections(conn, model, changed)
+            changed = _replace_mapping(conn, old_model, model, mapping_name)
+            if reshaped is not None:
+                reshaped += changed
         moved = reshape.moved(conn)  # captured tables a migration changed: followed as the worker would
         for described in found:
             joins = model.join_columns(described.relid) if model is not None else ()
@@ -199,6 +195,24 @@ def capture_new_table(conn: psycopg.Connection[Any], relid: int, *, notify: bool
     return info
 
 
+def _replace_mapping(
+    conn: psycopg.Connection[Any],
+    old: mapping.DocumentModel | None,
+    new: mapping.DocumentModel | None,
+    filename: str,
+) -> list[str]:
+    """Store the new mapping; when it replaces one, the worker rebuilds by itself what changed shape
+    (``_rebuild_collections``) and the tables that became collections of their own
+    (``_rebuild_mirrors``). Returns the collections whose shape changed."""
+    mapping.store(conn, new, filename)
+    changed = mapping.collections_changed(old, new) if new is not None else []
+    if old is not None:
+        if new is not None:
+            _rebuild_collections(conn, new, changed)
+        changed += _rebuild_mirrors(conn, old, new)
+    return changed
+
+
 def _rebuild_collections(conn: psycopg.Connection[Any], model: mapping.DocumentModel, names: Sequence[str]) -> None:
     """A mapping replaced: each reshaped collection is rewritten whole by the next batch (a truncate
     marker on its root table: every document read again, the older ones removed), so the worker
@@ -206,6 +220,25 @@ def _rebuild_collections(conn: psycopg.Connection[Any], model: mapping.DocumentM
     roots = {c.root.table.relid for c in model.collections if c.name in names}
     for relid in sorted(roots):
         ledger.enqueue_truncate(conn, relid)
+
+
+def _rebuild_mirrors(
+    conn: psycopg.Connection[Any], old: mapping.DocumentModel, new: mapping.DocumentModel | None
+) -> list[str]:
+    """Tables the replaced mapping read and the new one does not (``--mapping none``: all of them) are
+    collections of their own from now on: each gets a rebuild, so its collection holds every row, not
+    only those changed since. Returns those collections."""
+    staying = new.relids() if new is not None else set()
+    captured = set(catalog.captured_relids(conn))
+    collections = []
+    for relid in sorted(old.relids() - staying):
+        info = tables.describe(conn, relid) if relid in captured else None
+        if info is None:
+            continue
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(info.qualified)).fetchone()
+        catalog.start_rebuild(conn, relid, "k", info.collection, "left the mapping", int(row[0]) if row else 0)
+        collections.append(info.collection)
+    return collections
 
 
 def exclusions(found: Sequence[TableInfo], exclude: Sequence[str], schema: str) -> dict[int, list[str]]:

@@ -392,3 +392,22 @@ def test_a_migration_a_least_privileged_worker_cannot_follow_is_reported_until_i
         assert followed.returncode == 0, followed.stderr
         _wait_verified(cdc, env)
         _wait_for(lambda: cdc("status", env=worker_env), lambda r: r.returncode == 0, 60)
+
+
+def test_a_mapping_removed_turns_its_tables_into_whole_collections_by_itself(dbs, cdc, tmp_path):
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
+    for args in (("generate", "--scale", "tiny"), ("install", "--mapping", str(ORININU_MAPPING)), ("snapshot",)):
+        result = cdc(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    removed = cdc("install", "--mapping", "none", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert "playlist_songs" in removed.stdout  # now a collection of its own, rebuilt by the worker
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE songs SET title = 'after the mapping' WHERE song_id < 4")
+    ran = cdc("run", "--once", env=env)
+    assert ran.returncode == 0, ran.stderr
+    verified = cdc("verify", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    with _mongo(dbs) as database:
+        assert database.playlist_songs.count_documents({}) > 0
+        assert database.songs.count_documents({"album": {"$exists": True}}) == 0  # the mapped shape is gone
