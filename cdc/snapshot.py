@@ -48,6 +48,15 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
     for entry in capture.captured_tables(conn):
         if names and entry.name not in names and f"{entry.schema}.{entry.name}" not in names:
             continue
+        if not entry.exists and not names:  # dropped: nothing to read (`cdc status` reports it)
+            log.warning(
+                "captured table %s.%s was dropped: left out (`cdc uninstall --tables %s.%s` forgets it)",
+                entry.schema,
+                entry.name,
+                entry.schema,
+                entry.name,
+            )
+            continue
         if not entry.healthy:
             raise ConfigError(f"table {entry.schema}.{entry.name} lost its capture triggers: run `cdc install`")
         info = tables.describe(conn, entry.relid)
