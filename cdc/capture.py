@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from cdc import catalog, hierarchy, ledger, mapping, pg, reshape, sqlfiles, tables, triggers
-from cdc.errors import ConfigError, UsageError
+from cdc.errors import ConfigError, PostgresUnavailable, UsageError
 from cdc.tables import TableInfo
 from cdc.triggers import NOTIFY_CHANNEL, TRIGGERS, key_text, key_type_name
 
@@ -93,6 +93,44 @@ def install(
     changed are appended to ``reshaped``. Everything happens in one transaction: a refused table, an
     invalid mapping or a failed grant leaves nothing done.
     """
+    for attempt in range(1, INSTALL_ATTEMPTS + 1):
+        try:
+            return _install_once(
+                conn,
+                table_names,
+                schema=schema,
+                notify=notify,
+                exclude=exclude,
+                grant=grant,
+                mapping_file=mapping_file,
+                reshaped=reshaped,
+            )
+        except PostgresUnavailable as exc:
+            # a deadlock with the application's writers or the worker (install locks every table it
+            # captures): all or nothing, so it is simply tried again
+            if getattr(exc.__cause__, "sqlstate", None) not in _RETRIED_SQLSTATES or attempt == INSTALL_ATTEMPTS:
+                raise
+            log.warning("installing capture: %s; trying again", exc, extra={"action": "install_retry"})
+            if reshaped is not None:
+                reshaped.clear()
+    raise AssertionError("unreachable")
+
+
+INSTALL_ATTEMPTS = 3
+_RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+
+
+def _install_once(
+    conn: psycopg.Connection[Any],
+    table_names: Sequence[str] | None,
+    *,
+    schema: str,
+    notify: bool,
+    exclude: Sequence[str] | None,
+    grant: str | None,
+    mapping_file: tuple[str, str] | None,
+    reshaped: list[str] | None,
+) -> list[TableInfo]:
     with pg.translated("installing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
         old_model = mapping.load(conn) if is_installed(conn) else None

@@ -32,7 +32,7 @@ from pymongo.write_concern import WriteConcern
 
 from cdc import archive, ledger, mongo, pg
 from cdc.apply import APPLIED_COLLECTION, STATE_COLLECTION, VERSIONS_ID, pos_of
-from cdc.errors import CdcError, CheckFailed, ConfigError
+from cdc.errors import CaptureMissing, CdcError, CheckFailed, ConfigError
 from cdc.lock import WorkerLock
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,10 @@ def align(dsn: str, database: Database[Document] | None, archive_dir: Path | Non
             target.version,
         )
     with pg.connect(dsn) as conn:
+        with pg.translated("checking that capture is installed"):
+            installed = ledger.installed(conn)
+        if not installed:
+            raise CaptureMissing()
         heads = ledger.sequence_heads(conn)
         conn.rollback()
         if heads.position >= target.version and heads.batch >= target.batch:

@@ -52,6 +52,13 @@ class LockBusy(PostgresError):
     transient = True
 
 
+class CaptureMissing(CdcError):
+    """capture is not installed (removed under a running worker?): waiting for `cdc install`"""
+
+    # a worker waits, backing off, for capture to be installed again
+    transient = True
+
+
 class MongoError(CdcError):
     """MongoDB reported an error."""
 

@@ -26,8 +26,10 @@ from cdc.backoff import TRANSIENT, Backoff
 from cdc.batches import Batches, PgBatches
 from cdc.errors import (
     ArchiveError,
+    CaptureMissing,
     CdcError,
     LockLost,
+    PostgresError,
     PostgresUnavailable,
 )
 from cdc.lock import WORKER_LOCK, WorkerLock
@@ -296,7 +298,7 @@ class Worker:
                         self._recover()
                         if self.stop.is_set():
                             break
-                    cycles.watch(self.cycle)
+                    cycles.watch(self._cycle_while_installed)
                 except _RETRIED as exc:
                     # (a driver error that escaped translation, on a connection a server restart cut: the same fault)
                     if isinstance(exc, psycopg.OperationalError):
@@ -319,6 +321,20 @@ class Worker:
             self.wakeup.close()
             self.release()
         return self.stats
+
+    def _cycle_while_installed(self) -> int:
+        """``cycle``; an error that comes from capture having been removed under the worker (`cdc
+        uninstall`, before an install again) is ``CaptureMissing``, which the loop waits out."""
+        try:
+            return self.cycle()
+        except PostgresError as exc:
+            if exc.transient:
+                raise
+            with pg.connect(self.dsn) as conn:
+                installed = ledger.installed(conn)
+            if installed:
+                raise
+            raise CaptureMissing() from exc
 
     def _recover(self) -> None:
         """Before a retry: fresh data connections, and the lock taken again when it was lost.
