@@ -34,6 +34,11 @@ class Batches(Protocol):
     def reexport(self, batch_id: int, archive_dir: Path) -> archive.Batch:
         """Write ``batch_id`` again from the keys the ledger holds, and read it back."""
 
+    def due_sweeps(self) -> list[tuple[str, int]]:
+        """(collection, below) of the sweeps a snapshot left whose pages are all applied."""
+
+    def forget_sweep(self, collection: str, below: int) -> None: ...
+
 
 class PgBatches:
     def __init__(self, connection: Callable[[], psycopg.Connection[Any]]) -> None:
@@ -59,6 +64,19 @@ class PgBatches:
         found = ledger.outbox_head(conn)
         conn.commit()
         return found
+
+    def due_sweeps(self) -> list[tuple[str, int]]:
+        conn = self.connection()
+        with pg.translated("reading the sweeps snapshots left"):
+            found = ledger.due_sweeps(conn) if ledger.sweeps_readable(conn) else []
+        conn.commit()
+        return found
+
+    def forget_sweep(self, collection: str, below: int) -> None:
+        conn = self.connection()
+        with pg.translated("forgetting a sweep"):
+            ledger.forget_sweep(conn, collection, below)
+        conn.commit()
 
     def reexport(self, batch_id: int, archive_dir: Path) -> archive.Batch:
         conn = self.connection()
@@ -113,6 +131,12 @@ class InMemoryBatches:
 
     def head(self) -> int:
         return self.outbox_head
+
+    def due_sweeps(self) -> list[tuple[str, int]]:
+        return []
+
+    def forget_sweep(self, collection: str, below: int) -> None:
+        return None
 
     def reexport(self, batch_id: int, archive_dir: Path) -> archive.Batch:
         self.reexported.append(batch_id)

@@ -332,6 +332,8 @@ def grant_worker(conn: psycopg.Connection[Any], role: str, table_infos: Sequence
         )
         # rebuilds after a migration: the worker enqueues their pages and forgets them once applied
         conn.execute(sql.SQL("GRANT SELECT, UPDATE, DELETE ON cdc.rebuilds TO {}").format(who))
+        # sweeps a snapshot leaves to the running worker (the worker role may run the snapshot too)
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.sweeps TO {}").format(who))
         # snapshots record their progress (resume after an interrupt)
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON cdc.snapshot_progress TO {}").format(who))
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON cdc.worker_state TO {}").format(who))  # its last cycle

@@ -75,6 +75,27 @@ def draw_position(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
+def request_sweep(conn: psycopg.Connection[Any], collection: str, below: int, after: int) -> None:
+    """In the caller's transaction: once every change up to ``after`` is applied, the running worker
+    removes the documents of ``collection`` below ``below`` (a snapshot it was left to apply)."""
+    _run(conn, "request_sweep", {"collection": collection, "below": below, "after": after})
+
+
+def sweeps_readable(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``cdc.sweeps`` exists and this role may read and delete its rows. A reader."""
+    row = _run(conn, "sweeps_readable").fetchone()
+    return bool(row and row[0])
+
+
+def due_sweeps(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
+    """(collection, below) of the sweeps whose snapshot pages are all applied. A reader."""
+    return [(str(row[0]), int(row[1])) for row in _run(conn, "due_sweeps").fetchall()]
+
+
+def forget_sweep(conn: psycopg.Connection[Any], collection: str, below: int) -> None:
+    _run(conn, "forget_sweep", {"collection": collection, "below": below})
+
+
 def outbox_head(conn: psycopg.Connection[Any]) -> int:
     """The highest position in the outbox now (0 when empty). A reader: the caller ends the transaction."""
     with pg.translated("reading the outbox"):

@@ -192,9 +192,25 @@ class Worker:
         written with the insert path (a snapshot's); ``progress`` is told each applied batch's changes."""
         self._fast_insert, self._progress = frozenset(fast_insert), progress
         try:
-            return self._cycle(up_to)
+            done = self._cycle(up_to)
         finally:
             self._fast_insert, self._progress = frozenset(), None
+        if not self.stop.is_set():
+            self._sweep()
+        return done
+
+    def _sweep(self) -> None:
+        """The sweeps a snapshot left to this worker, once its pages are applied: the documents below
+        the snapshot's start are of rows that no longer exist (``Applier.sweep``)."""
+        for collection, below in self.batches.due_sweeps():
+            removed = self.applier.sweep(collection, below)
+            self.batches.forget_sweep(collection, below)
+            log.info(
+                "%s: %d documents of rows gone removed after the snapshot",
+                collection,
+                removed,
+                extra={"action": "swept", "collection": collection},
+            )
 
     def _cycle(self, up_to: int | None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).

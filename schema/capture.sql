@@ -215,6 +215,15 @@ CREATE TABLE IF NOT EXISTS cdc.worker_state (
 -- capture for, a table of a captured schema it could not capture; one line each, empty when none.
 ALTER TABLE cdc.worker_state ADD COLUMN IF NOT EXISTS follow_problems text[] NOT NULL DEFAULT '{}';
 
+-- Sweeps a snapshot left to the running worker (cdc/usecases/snapshot.py): once every change up to
+-- after_pos is applied, the collection's documents below `below` are of rows that no longer exist.
+CREATE TABLE IF NOT EXISTS cdc.sweeps (
+    collection   text        PRIMARY KEY,
+    below        bigint      NOT NULL,
+    after_pos    bigint      NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- name: install_ddl_follow
 -- Where the installer is a superuser (event triggers need one): at the end of any DDL that may change a
 -- captured table's columns or key, in the DDL's own transaction, every captured table whose shape moved

@@ -5,6 +5,26 @@
 -- A position drawn now: every change captured or enqueued from now on gets a larger one.
 SELECT nextval('cdc.position_seq')
 
+-- name: request_sweep
+-- A snapshot left to the running worker: the sweep of one collection, once its pages are applied.
+INSERT INTO cdc.sweeps (collection, below, after_pos) VALUES (%(collection)s, %(below)s, %(after)s)
+ON CONFLICT (collection) DO UPDATE SET below = greatest(cdc.sweeps.below, excluded.below),
+    after_pos = greatest(cdc.sweeps.after_pos, excluded.after_pos), requested_at = now()
+
+-- name: sweeps_readable
+SELECT CASE WHEN to_regclass('cdc.sweeps') IS NOT NULL THEN has_table_privilege('cdc.sweeps', 'SELECT, DELETE')
+            ELSE false END
+
+-- name: due_sweeps
+-- The sweeps whose snapshot pages are all applied (nothing up to after_pos waits to be applied).
+SELECT s.collection, s.below FROM cdc.sweeps s
+WHERE NOT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= s.after_pos)
+  AND NOT EXISTS (SELECT 1 FROM cdc.batches b WHERE b.pos_min <= s.after_pos AND b.state <> 'applied'
+                  AND b.mode IN ('run', 'snapshot'))
+
+-- name: forget_sweep
+DELETE FROM cdc.sweeps WHERE collection = %(collection)s AND below = %(below)s
+
 -- name: outbox_head
 -- The highest position in the outbox now (0 when empty).
 SELECT coalesce(max(pos), 0) FROM cdc.outbox

@@ -201,6 +201,14 @@ class Snapshot:
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
             return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
 
+    def _leave_sweeps(self, below: int) -> None:
+        """The running worker applies the pages; it sweeps each collection once they are applied."""
+        with pg.connect(self.dsn) as conn, pg.translated("leaving the sweeps to the running worker"):
+            head = ledger.outbox_head(conn)
+            for target in self.chosen:
+                ledger.request_sweep(conn, target.collection, below, head)
+            conn.commit()
+
     def _export(self) -> Exported:
         """--export-only: drain what was enqueued into archive batches (``export`` mode), no MongoDB."""
         with pg.connect(self.dsn) as conn:
@@ -224,6 +232,8 @@ class Snapshot:
         )
         if not worker.acquire(wait=self.wait_for_lock):
             outcome.handed_over = not self.stop.is_set()
+            if outcome.handed_over and self.sweep_below is not None:
+                self._leave_sweeps(self.sweep_below)
             return
         try:
             with pg.connect(self.dsn) as conn:

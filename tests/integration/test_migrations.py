@@ -115,12 +115,14 @@ def _live(env: dict[str, str], dsn: str, statements: Statements | None = None) -
         writer.start()
     try:
         yield writer
+        alive = worker.poll() is None
     finally:
         if writer is not None:
             writer.halt.set()
         worker.terminate()
         _, errors = worker.communicate(timeout=60)
         print(errors[-20000:])
+    assert alive, "the worker exited:\n" + errors[-3000:]
 
 
 def _settle(cdc, env: dict[str, str], writer: Writer | None) -> None:
@@ -413,3 +415,27 @@ def test_a_mapping_removed_turns_its_tables_into_whole_collections_by_itself(dbs
     with _mongo(dbs) as database:
         assert database.playlist_songs.count_documents({}) > 0
         assert database.songs.count_documents({"album": {"$exists": True}}) == 0  # the mapped shape is gone
+
+
+def test_a_reinstall_under_live_writes_and_a_running_worker_converges(dbs, cdc, tmp_path):
+    """Capture removed and installed again while the application writes and `cdc run --listen` runs:
+    the worker waits for the install, the snapshot after it (whose batches the worker applies) brings
+    back what nothing captured meanwhile, and the worker keeps running."""
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        conn.execute(TABLES)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone() is None:
+            conn.execute(f"CREATE ROLE {APP_ROLE}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON items, links, orders TO {APP_ROLE}")
+    for args in (("install", "--tables", "items,links,orders"), ("snapshot",)):
+        result = cdc(*args, env=env)
+        assert result.returncode == 0, result.stderr
+    with _live(env, dbs.pg_dsn, _statements) as writer:
+        time.sleep(1.5)
+        for args in (("uninstall", "--yes"), ("install", "--tables", "items,links,orders")):
+            result = cdc(*args, env=env)
+            assert result.returncode == 0, result.stderr
+            time.sleep(1.0)
+        snapshot = cdc("snapshot", env=env)  # a running worker holds the lock: it applies the pages
+        assert snapshot.returncode == 0, snapshot.stderr
+        _settle(cdc, env, writer)
