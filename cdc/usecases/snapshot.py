@@ -245,7 +245,12 @@ class Snapshot:
         finally:
             worker.release()
         if self.sweep_below is not None and not self.stop.is_set():
-            outcome.swept = sum(applier.sweep(target.collection, self.sweep_below) for target in self.chosen)
+            # (a collection empty when the snapshot started holds nothing older: no scan for it)
+            outcome.swept = sum(
+                applier.sweep(target.collection, self.sweep_below)
+                for target in self.chosen
+                if target.collection not in fast
+            )
         outcome.applied, outcome.rejected = worker.stats.batches, worker.stats.rejected
         outcome.stale = worker.stats.stale
         outcome.own = worker.stats.changes - before[0], worker.stats.stale - before[1]
