@@ -96,6 +96,20 @@ def forget_sweep(conn: psycopg.Connection[Any], collection: str, below: int) -> 
     _run(conn, "forget_sweep", {"collection": collection, "below": below})
 
 
+def writers_in_progress(conn: psycopg.Connection[Any]) -> list[str]:
+    """The ids of the transactions in progress now (writers), for ``writers_still_open``. A reader."""
+    row = _run(conn, "writers_in_progress").fetchone()
+    return [str(xid) for xid in row[0]] if row and row[0] else []
+
+
+def writers_still_open(conn: psycopg.Connection[Any], xids: Sequence[str]) -> int:
+    """How many of the transactions ``xids`` are still open. A reader."""
+    if not xids:
+        return 0
+    row = _run(conn, "writers_still_open", {"xids": list(xids)}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def outbox_head(conn: psycopg.Connection[Any]) -> int:
     """The highest position in the outbox now (0 when empty). A reader: the caller ends the transaction."""
     with pg.translated("reading the outbox"):

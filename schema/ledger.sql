@@ -25,6 +25,17 @@ WHERE NOT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= s.after_pos)
 -- name: forget_sweep
 DELETE FROM cdc.sweeps WHERE collection = %(collection)s AND below = %(below)s
 
+-- name: writers_in_progress
+-- The transactions (with an id: writers) in progress now, other than this one: each holds a lock on
+-- its own id (pg_locks, readable by every role; pg_current_snapshot would miss ids past its xmax).
+SELECT coalesce(array_agg(DISTINCT transactionid::text), '{}') FROM pg_locks
+WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted AND pid IS DISTINCT FROM pg_backend_pid()
+
+-- name: writers_still_open
+-- How many of those transactions are still open.
+SELECT count(DISTINCT transactionid::text) FROM pg_locks
+WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted AND transactionid::text = ANY(%(xids)s)
+
 -- name: outbox_head
 -- The highest position in the outbox now (0 when empty).
 SELECT coalesce(max(pos), 0) FROM cdc.outbox

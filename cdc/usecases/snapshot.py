@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,9 @@ class Outcome:
     stale: int = 0  # writes refused as stale (MongoDB held a version at least as new)
     swept: int = 0  # documents of rows gone removed at the end (a whole snapshot, applied here)
     own: tuple[int, int] = (0, 0)  # (writes, stale) of the batches this snapshot claimed
+
+
+SWEEP_WAIT_S = 60  # how long a snapshot waits for the transactions open at its start before its pages
 
 
 class Snapshot:
@@ -195,11 +199,39 @@ class Snapshot:
                     f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)"
                 )
         if plan is None or not plan.resuming:
-            self.sweep_below = ledger.draw_position(conn)
-            conn.commit()
+            self.sweep_below = self._sweep_position(conn)
         database = self.applier.database if self.applier is not None else None
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
             return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
+
+    def _sweep_position(self, conn: psycopg.Connection[Any]) -> int | None:
+        """The position below which, once every page is applied, a document is one of a row that is gone;
+        None when it cannot be known (then nothing is swept).
+
+        A transaction open now may have changed a row under a position below this one and commit after
+        the row's page was read (an insert the page did not see): the pages start only once every
+        transaction open now has ended, so that change is read by a page. One that stays open longer
+        than ``SWEEP_WAIT_S`` turns the sweep off for this snapshot (said in one line)."""
+        with pg.translated("taking the snapshot's start position"):
+            below = ledger.draw_position(conn)
+            open_now = ledger.writers_in_progress(conn)
+            conn.commit()
+            deadline = time.monotonic() + SWEEP_WAIT_S
+            while (still := ledger.writers_still_open(conn, open_now)) and time.monotonic() < deadline:
+                conn.commit()
+                if self.stop.wait(0.05):
+                    raise Interrupted()
+            conn.commit()
+        if still:
+            log.warning(
+                "%d transactions open since before the snapshot started are still open after %d s: documents"
+                " of rows deleted while nothing captured them are not removed by this snapshot"
+                " (`cdc verify --repair` removes them)",
+                still,
+                SWEEP_WAIT_S,
+            )
+            return None
+        return below
 
     def _leave_sweeps(self, below: int) -> None:
         """The running worker applies the pages; it sweeps each collection once they are applied."""

@@ -237,3 +237,27 @@ def test_rows_deleted_and_changed_while_capture_was_uninstalled_are_right_after_
     swept = re.search(r"(\d+) documents of rows gone removed", snapshot.stdout)
     assert swept and int(swept.group(1)) > 0, snapshot.stdout
     ok(cdc("verify", env=env))
+
+
+def test_a_row_inserted_by_a_transaction_open_when_the_snapshot_starts_is_not_swept(dbs, cdc, tmp_path):
+    """Its change has a position below the snapshot's start, and the page of its key may be read before
+    it commits: the snapshot waits for it before its pages, so its document stays."""
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive")}
+    ok(cdc("generate", "--scale", "tiny", env=env))
+    ok(cdc("install", env=env))
+    ok(cdc("snapshot", env=env))
+    with psycopg.connect(dbs.pg_dsn) as open_writer:
+        open_writer.execute("INSERT INTO artists (name) VALUES ('committed late')")  # its position is taken now
+        snapshot = start_cdc("snapshot", env=env)
+        time.sleep(2.0)
+        assert snapshot.poll() is None  # waiting for the open transaction
+        open_writer.commit()
+    _out, err = snapshot.communicate(timeout=120)
+    assert snapshot.returncode == 0, err
+    ok(cdc("run", "--once", env=env))  # the late change itself
+    ok(cdc("verify", env=env))
+    client, database = target(env)
+    try:
+        assert database.artists.count_documents({"name": "committed late"}) == 1
+    finally:
+        client.close()
