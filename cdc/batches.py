@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from cdc import archive, export, ledger, pg
+from cdc import archive, export, ledger, mapping, pg
 from cdc.errors import ArchiveWriteError
 from cdc.ledger import BatchInfo, Mode, State
 
@@ -34,10 +34,14 @@ class Batches(Protocol):
     def reexport(self, batch_id: int, archive_dir: Path) -> archive.Batch:
         """Write ``batch_id`` again from the keys the ledger holds, and read it back."""
 
-    def due_sweeps(self) -> list[tuple[str, int]]:
-        """(collection, below) of the sweeps a snapshot left whose pages are all applied."""
+    def due_sweeps(self) -> list[tuple[str, int, bool]]:
+        """(collection, below, rows of it rejected meanwhile) of the sweeps a snapshot left whose pages
+        are all applied."""
 
     def forget_sweep(self, collection: str, below: int) -> None: ...
+
+    def broken_collections(self) -> set[str]:
+        """Collections of the installed mapping a migration broke (nothing of theirs was written)."""
 
 
 class PgBatches:
@@ -65,12 +69,18 @@ class PgBatches:
         conn.commit()
         return found
 
-    def due_sweeps(self) -> list[tuple[str, int]]:
+    def due_sweeps(self) -> list[tuple[str, int, bool]]:
         conn = self.connection()
         with pg.translated("reading the sweeps snapshots left"):
             found = ledger.due_sweeps(conn) if ledger.sweeps_readable(conn) else []
         conn.commit()
         return found
+
+    def broken_collections(self) -> set[str]:
+        conn = self.connection()
+        model = mapping.load(conn)
+        conn.commit()
+        return {name for name, _why in model.broken} if model is not None else set()
 
     def forget_sweep(self, collection: str, below: int) -> None:
         conn = self.connection()
@@ -132,11 +142,14 @@ class InMemoryBatches:
     def head(self) -> int:
         return self.outbox_head
 
-    def due_sweeps(self) -> list[tuple[str, int]]:
+    def due_sweeps(self) -> list[tuple[str, int, bool]]:
         return []
 
     def forget_sweep(self, collection: str, below: int) -> None:
         return None
+
+    def broken_collections(self) -> set[str]:
+        return set()
 
     def reexport(self, batch_id: int, archive_dir: Path) -> archive.Batch:
         self.reexported.append(batch_id)

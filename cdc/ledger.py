@@ -87,9 +87,9 @@ def sweeps_readable(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def due_sweeps(conn: psycopg.Connection[Any]) -> list[tuple[str, int]]:
-    """(collection, below) of the sweeps whose snapshot pages are all applied. A reader."""
-    return [(str(row[0]), int(row[1])) for row in _run(conn, "due_sweeps").fetchall()]
+def due_sweeps(conn: psycopg.Connection[Any]) -> list[tuple[str, int, bool]]:
+    """(collection, below, rows of it rejected meanwhile) of the sweeps whose pages are all applied."""
+    return [(str(row[0]), int(row[1]), bool(row[2])) for row in _run(conn, "due_sweeps").fetchall()]
 
 
 def forget_sweep(conn: psycopg.Connection[Any], collection: str, below: int) -> None:
@@ -635,6 +635,8 @@ def move_past(conn: psycopg.Connection[Any], version: int, batch: int) -> Moved 
     with pg.translated("moving positions past what the target holds"):
         _run(conn, "short_lock_wait")
         _run(conn, "lock_outbox")
+        if sweeps_readable(conn):
+            _run(conn, "forget_sweeps")
         heads = sequence_heads(conn)
         if heads.position >= version and heads.batch >= batch:
             conn.rollback()

@@ -22,6 +22,7 @@ class RunStats:
     changes: int = 0
     stale: int = 0
     rejected: int = 0
+    swept: int = 0  # documents of rows gone removed after snapshots (``Worker._sweep``)
     last_batch: int | None = None
     last_success: float | None = None
 

@@ -48,7 +48,7 @@ def captured(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list
     for entry in capture.captured_tables(conn):
         if names and entry.name not in names and f"{entry.schema}.{entry.name}" not in names:
             continue
-        if not entry.exists and not names:  # dropped: nothing to read (`cdc status` reports it)
+        if not entry.exists and entry.recreated_as is None and not names:  # dropped (`cdc status` says so)
             log.warning(
                 "captured table %s.%s was dropped: left out (`cdc uninstall --tables %s.%s` forgets it)",
                 entry.schema,

@@ -200,17 +200,34 @@ class Worker:
         return done
 
     def _sweep(self) -> None:
-        """The sweeps a snapshot left to this worker, once its pages are applied: the documents below
-        the snapshot's start are of rows that no longer exist (``Applier.sweep``)."""
-        for collection, below in self.batches.due_sweeps():
-            removed = self.applier.sweep(collection, below)
+        """The sweeps snapshots left, once their pages are applied: a document below the snapshot's
+        start is one of a row that no longer exists (``Applier.sweep``). Not swept: a collection rows of
+        which were rejected meanwhile (their older documents stay), or one a migration broke (nothing of
+        it was written)."""
+        due = self.batches.due_sweeps()
+        if not due:
+            return
+        broken = self.batches.broken_collections()
+        for collection, below, rejected in due:
+            if rejected or collection in broken:
+                why = "rows of it were rejected" if rejected else "a migration broke its mapping"
+                log.warning(
+                    "%s: documents of rows gone are not removed after the snapshot (%s); `cdc verify --repair`"
+                    " removes them",
+                    collection,
+                    why,
+                    extra={"action": "not_swept", "collection": collection},
+                )
+            else:
+                removed = self.applier.sweep(collection, below)
+                self.stats.swept += removed
+                log.info(
+                    "%s: %d documents of rows gone removed after the snapshot",
+                    collection,
+                    removed,
+                    extra={"action": "swept", "collection": collection},
+                )
             self.batches.forget_sweep(collection, below)
-            log.info(
-                "%s: %d documents of rows gone removed after the snapshot",
-                collection,
-                removed,
-                extra={"action": "swept", "collection": collection},
-            )
 
     def _cycle(self, up_to: int | None) -> int:
         """Finish pending batches, then claim and apply until the outbox is empty (or ``up_to``).

@@ -12,24 +12,33 @@ ON CONFLICT (collection) DO UPDATE SET below = greatest(cdc.sweeps.below, exclud
     after_pos = greatest(cdc.sweeps.after_pos, excluded.after_pos), requested_at = now()
 
 -- name: sweeps_readable
-SELECT CASE WHEN to_regclass('cdc.sweeps') IS NOT NULL THEN has_table_privilege('cdc.sweeps', 'SELECT, DELETE')
+SELECT CASE WHEN to_regclass('cdc.sweeps') IS NOT NULL
+            THEN has_table_privilege('cdc.sweeps', 'SELECT') AND has_table_privilege('cdc.sweeps', 'DELETE')
             ELSE false END
 
 -- name: due_sweeps
--- The sweeps whose snapshot pages are all applied (nothing up to after_pos waits to be applied).
-SELECT s.collection, s.below FROM cdc.sweeps s
+-- The sweeps whose snapshot pages are all applied: no change up to after_pos waits, in the outbox or
+-- in a batch of any mode not applied (pages an export claimed never reach this target). With whether
+-- a batch among them rejected rows of the collection (their old documents must then stay).
+SELECT s.collection, s.below,
+       EXISTS (SELECT 1 FROM cdc.batches b
+               WHERE b.pos_max >= s.below AND b.pos_min <= s.after_pos
+                 AND coalesce((b.counts -> s.collection ->> 'rejected')::bigint, 0) > 0)
+FROM cdc.sweeps s
 WHERE NOT EXISTS (SELECT 1 FROM cdc.outbox WHERE pos <= s.after_pos)
-  AND NOT EXISTS (SELECT 1 FROM cdc.batches b WHERE b.pos_min <= s.after_pos AND b.state <> 'applied'
-                  AND b.mode IN ('run', 'snapshot'))
+  AND NOT EXISTS (SELECT 1 FROM cdc.batches b WHERE b.pos_min <= s.after_pos AND b.state <> 'applied')
 
 -- name: forget_sweep
 DELETE FROM cdc.sweeps WHERE collection = %(collection)s AND below = %(below)s
 
 -- name: writers_in_progress
--- The transactions (with an id: writers) in progress now, other than this one: each holds a lock on
--- its own id (pg_locks, readable by every role; pg_current_snapshot would miss ids past its xmax).
-SELECT coalesce(array_agg(DISTINCT transactionid::text), '{}') FROM pg_locks
-WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted AND pid IS DISTINCT FROM pg_backend_pid()
+-- The transactions (with an id: writers) in progress now in this database, other than this one: each
+-- holds a lock on its own id (pg_locks, readable by every role; pg_current_snapshot would miss ids past
+-- its xmax). Prepared transactions (no backend) count too.
+SELECT coalesce(array_agg(DISTINCT l.transactionid::text), '{}') FROM pg_locks l
+WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+  AND l.pid IS DISTINCT FROM pg_backend_pid()
+  AND (l.pid IS NULL OR l.pid IN (SELECT a.pid FROM pg_stat_activity a WHERE a.datname = current_database()))
 
 -- name: writers_still_open
 -- How many of those transactions are still open.
@@ -286,6 +295,10 @@ SELECT (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM 
 -- For the rest of the transaction: a lock not granted in 5 s fails it (retried later), instead of
 -- making every capturing write queue behind the wait.
 SELECT set_config('lock_timeout', '5s', true)
+
+-- name: forget_sweeps
+-- Positions move (a re-install, a restored backup): a pending sweep's positions no longer hold.
+DELETE FROM cdc.sweeps
 
 -- name: lock_outbox
 -- While positions move: no statement takes a position, and no exporter claims, until the commit.

@@ -18,7 +18,7 @@ import psycopg
 
 from cdc import capture, epoch, export, ledger, pg, row_security, shutdown, snapshot, snapshot_resume
 from cdc.apply import Applier
-from cdc.errors import CdcError, ConfigError, Interrupted
+from cdc.errors import CdcError, ConfigError, Interrupted, PostgresError
 from cdc.progress import Progress, track
 from cdc.snapshot import Target
 from cdc.worker import Worker
@@ -156,6 +156,8 @@ class Snapshot:
             read = [t.table for t in self.chosen] + [n.table for t in self.chosen if t.mapped for n in t.mapped.nodes()]
             row_security.refuse(conn, read, "a snapshot would silently leave out the rows it cannot see")
             keys, fast = self._enqueue(conn, restart=restart)
+        if self.applier is not None and self.sweep_below is not None:
+            self._leave_sweeps(self.sweep_below, fast)
         outcome = Outcome(len(self.chosen), keys)
         if self.applier is None:
             outcome.exported = self._export()
@@ -233,13 +235,22 @@ class Snapshot:
             return None
         return below
 
-    def _leave_sweeps(self, below: int) -> None:
-        """The running worker applies the pages; it sweeps each collection once they are applied."""
-        with pg.connect(self.dsn) as conn, pg.translated("leaving the sweeps to the running worker"):
-            head = ledger.outbox_head(conn)
-            for target in self.chosen:
-                ledger.request_sweep(conn, target.collection, below, head)
-            conn.commit()
+    def _leave_sweeps(self, below: int, fast: set[str]) -> None:
+        """Once every page is applied, the worker that applies them (this snapshot's, or the running
+        one) removes each collection's documents below ``below`` (``Worker._sweep``). Not for collections
+        empty at the start (nothing older there). A ledger without ``cdc.sweeps``, or a role that may not
+        write it: nothing is swept, said in one line."""
+        try:
+            with pg.connect(self.dsn) as conn, pg.translated("leaving the snapshot's sweeps to the worker"):
+                head = ledger.outbox_head(conn)
+                for target in self.chosen:
+                    if target.collection not in fast:
+                        ledger.request_sweep(conn, target.collection, below, head)
+                conn.commit()
+        except PostgresError as exc:
+            if exc.transient:
+                raise
+            log.warning("documents of rows gone are not removed by this snapshot: %s", exc)
 
     def _export(self) -> Exported:
         """--export-only: drain what was enqueued into archive batches (``export`` mode), no MongoDB."""
@@ -264,8 +275,6 @@ class Snapshot:
         )
         if not worker.acquire(wait=self.wait_for_lock):
             outcome.handed_over = not self.stop.is_set()
-            if outcome.handed_over and self.sweep_below is not None:
-                self._leave_sweeps(self.sweep_below)
             return
         try:
             with pg.connect(self.dsn) as conn:
@@ -276,13 +285,7 @@ class Snapshot:
                 worker.cycle_to_head(fast_insert=fast, progress=progress)
         finally:
             worker.release()
-        if self.sweep_below is not None and not self.stop.is_set():
-            # (a collection empty when the snapshot started holds nothing older: no scan for it)
-            outcome.swept = sum(
-                applier.sweep(target.collection, self.sweep_below)
-                for target in self.chosen
-                if target.collection not in fast
-            )
         outcome.applied, outcome.rejected = worker.stats.batches, worker.stats.rejected
+        outcome.swept = worker.stats.swept
         outcome.stale = worker.stats.stale
         outcome.own = worker.stats.changes - before[0], worker.stats.stale - before[1]
