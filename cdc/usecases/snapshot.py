@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import capture, epoch, export, ledger, pg, row_security, shutdown, snapshot, snapshot_resume
+from cdc import capture, epoch, export, ledger, mongo, pg, row_security, shutdown, snapshot, snapshot_resume
 from cdc.apply import Applier
 from cdc.errors import CdcError, ConfigError, Interrupted, PostgresError
 from cdc.progress import Progress, track
@@ -103,7 +103,7 @@ class Outcome:
     own: tuple[int, int] = (0, 0)  # (writes, stale) of the batches this snapshot claimed
 
 
-SWEEP_WAIT_S = 60  # how long a snapshot waits for the transactions open at its start before its pages
+SWEEP_WAIT_S = 10  # how long a snapshot waits for the transactions open at its start before its pages
 
 
 class Snapshot:
@@ -200,11 +200,24 @@ class Snapshot:
                     f"continuing the snapshot interrupted since {since:%Y-%m-%d %H:%M:%S} ({finished} of "
                     f"{len(plan.resumed)} tables already fully enqueued; --restart starts over)"
                 )
-        if plan is None or not plan.resuming:
+        if (plan is None or not plan.resuming) and self._anything_to_sweep():
             self.sweep_below = self._sweep_position(conn)
         database = self.applier.database if self.applier is not None else None
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
             return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
+
+    def _anything_to_sweep(self) -> bool:
+        """Whether a collection of this snapshot holds documents already (none to sweep in an empty one,
+        and none without MongoDB: --export-only)."""
+        if self.applier is None:
+            return False
+        database = self.applier.database
+        with mongo.translated(f"counting the documents of MongoDB database {database.name}"):
+            existing = set(database.list_collection_names())
+            return any(
+                target.collection in existing and database[target.collection].estimated_document_count() > 0
+                for target in self.chosen
+            )
 
     def _sweep_position(self, conn: psycopg.Connection[Any]) -> int | None:
         """The position below which, once every page is applied, a document is one of a row that is gone;
