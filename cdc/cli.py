@@ -10,10 +10,10 @@ import sys
 
 import click
 
-from cdc import logs
 from cdc.commands.options import Invocation
-from cdc.errors import CdcError, UsageError
-from cdc.redact import redact
+from cdc.infra import logs
+from cdc.infra.errors import CdcError, UsageError
+from cdc.infra.redact import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

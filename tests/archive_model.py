@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from cdc import archive
+from cdc.archive import folders as archive
 
 
 def pos_of(document: dict[str, Any]) -> int:

@@ -11,11 +11,16 @@ from pathlib import Path
 
 import click
 
-from cdc import archive, capture, ledger, mongo, mongoimport, pg, prune
-from cdc.apply import APPLIED_COLLECTION
+from cdc.archive import folders as archive
+from cdc.archive import mongoimport, prune
+from cdc.capture import install as capture
 from cdc.commands.options import settings_options
-from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError, UsageError
+from cdc.infra import pg
+from cdc.infra.config import Settings
+from cdc.infra.errors import CdcError, ConfigError, UsageError
+from cdc.ledger import queries as ledger
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import APPLIED_COLLECTION
 
 log = logging.getLogger(__name__)
 

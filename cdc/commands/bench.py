@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import orjson
 
-from cdc import mongo
 from cdc.commands.options import settings_options
-from cdc.config import Settings
 from cdc.devtools.bench import suite
+from cdc.infra.config import Settings
+from cdc.sinks.mongo import client as mongo
 
 
 @click.command()

@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 import click
 
-from cdc import capture, mapping, pg, row_security, tables
+from cdc.capture import install as capture
+from cdc.capture import mapping, row_security, tables
 from cdc.commands.options import F, settings_options
-from cdc.config import Settings
-from cdc.errors import CheckFailed, UsageError
+from cdc.infra import pg
+from cdc.infra.config import Settings
+from cdc.infra.errors import CheckFailed, UsageError
 
 
 def _table_list(text: str | None) -> list[str] | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cdc import mongo
-from cdc.apply import Applier
-from cdc.capture import require_installed as require_capture
-from cdc.config import Settings
+from cdc.capture.install import require_installed as require_capture
+from cdc.infra.config import Settings
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import Applier
 
 __all__ = ["applier", "require_capture"]
 

@@ -14,31 +14,36 @@ from typing import TYPE_CHECKING, Any
 import click
 from pymongo.database import Database
 
-from cdc import capture, export, ledger, mapping, mongo, pg, sqlfiles
-from cdc.apply import Applier
+from cdc.capture import install as capture
+from cdc.capture import mapping
+from cdc.capture.mapping import Collection
 from cdc.commands.options import data_dir_option, metrics_options_defaulting_to
-from cdc.config import (
+from cdc.demo import dql_mongo, orininu
+from cdc.demo.latency import LatencyProbe
+from cdc.devtools.stack import Stack
+from cdc.export import batch as export
+from cdc.infra import pg, sqlfiles
+from cdc.infra.config import (
     DEFAULT_DATA_DIR,
     DEFAULT_MONGO_DB,
     LIBPQ_VARIABLES,
     Settings,
     refuse_password_in_argument,
 )
-from cdc.demo import dql_mongo, orininu
-from cdc.demo.latency import LatencyProbe
-from cdc.devtools.stack import Stack
-from cdc.errors import CheckFailed, ConfigError, UsageError
-from cdc.mapping import Collection
-from cdc.redact import redact, register_secret, secrets_in
+from cdc.infra.errors import CheckFailed, ConfigError, UsageError
+from cdc.infra.redact import redact, register_secret, secrets_in
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import Applier
 from cdc.usecases import repair
 from cdc.usecases.snapshot import Snapshot
-from cdc.worker import Worker
 from generator import load
 from generator.sizes import NAMED_SCALES, Counts, counts_for, parse_scale
 from generator.workload import Workload
 
 if TYPE_CHECKING:
-    from cdc.metrics import Metrics
+    from cdc.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 DEMO_METRICS_PORT = 9108  # as in ops/ (the Deployment, compose)
@@ -274,7 +279,7 @@ def _demo(
     serve: tuple[str, int | None],
     mapping_file: tuple[str, str],
 ) -> None:
-    from cdc.metrics import Metrics  # noqa: PLC0415
+    from cdc.runtime.metrics import Metrics  # noqa: PLC0415
 
     dsn = settings.pg_dsn()
     client = mongo.client(settings.mongo_uri())

@@ -9,12 +9,16 @@ from typing import Any
 import click
 import psycopg
 
-from cdc import capture, epoch, ledger, rebuild, shutdown
-from cdc import export as exporter  # the stage (this module's command is named export)
-from cdc.backoff import TRANSIENT, Backoff
+from cdc.capture import install as capture
 from cdc.commands.options import settings_options
-from cdc.config import Settings
-from cdc.errors import CdcError
+from cdc.export import batch as exporter  # the stage (this module's command is named export)
+from cdc.infra import shutdown
+from cdc.infra.config import Settings
+from cdc.infra.errors import CdcError
+from cdc.ledger import queries as ledger
+from cdc.runtime import rebuild
+from cdc.runtime.backoff import TRANSIENT, Backoff
+from cdc.sinks.mongo import epoch
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from cdc import pg
 from cdc.commands.options import settings_options
-from cdc.config import Settings
 from cdc.demo import orininu
+from cdc.infra import pg
+from cdc.infra.config import Settings
 from generator import csv_io, load
 from generator.sizes import NAMED_SCALES, counts_for, parse_scale
 from generator.workload import Workload

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cdc.config import DEFAULT_DATA_DIR, DEFAULT_MONGO_DB, Settings, refuse_password_in_argument
+from cdc.infra.config import DEFAULT_DATA_DIR, DEFAULT_MONGO_DB, Settings, refuse_password_in_argument
 
 F = TypeVar("F", bound=Callable[..., Any])
 

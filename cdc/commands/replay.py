@@ -7,13 +7,16 @@ from pathlib import Path
 
 import click
 
-from cdc import archive, capture, ledger, pg
+from cdc.archive import folders as archive
+from cdc.archive.prune import ReplayGaps, check_replay, describe_ids
+from cdc.capture import install as capture
 from cdc.commands.connect import applier as _applier
 from cdc.commands.options import settings_options
-from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError
-from cdc.progress import track
-from cdc.prune import ReplayGaps, check_replay, describe_ids
+from cdc.infra import pg
+from cdc.infra.config import Settings
+from cdc.infra.errors import CdcError, ConfigError
+from cdc.infra.progress import track
+from cdc.ledger import queries as ledger
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import click
 
-from cdc import export, mapping, pg, shutdown
+from cdc.capture import mapping
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import metrics_options, settings_options
-from cdc.config import Settings
-from cdc.epoch import AligningLock
-from cdc.errors import CdcError, UsageError
-from cdc.redact import redact
-from cdc.worker import SUMMARY_EVERY_S, Worker
+from cdc.export import batch as export
+from cdc.infra import pg, shutdown
+from cdc.infra.config import Settings
+from cdc.infra.errors import CdcError, UsageError
+from cdc.infra.redact import redact
+from cdc.runtime.worker import SUMMARY_EVERY_S, Worker
+from cdc.sinks.mongo.epoch import AligningLock
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def run(
     )
     metrics = None
     if metrics_port is not None or metrics_textfile is not None:
-        from cdc.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
+        from cdc.runtime.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
 
         metrics = Metrics(dsn)
     try:

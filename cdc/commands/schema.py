@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from cdc import pg
 from cdc.commands.options import settings_options
-from cdc.config import Settings
 from cdc.demo import orininu
-from cdc.errors import CheckFailed
+from cdc.infra import pg
+from cdc.infra.config import Settings
+from cdc.infra.errors import CheckFailed
 
 
 @click.group()

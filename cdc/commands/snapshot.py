@@ -6,12 +6,12 @@ import shlex
 
 import click
 
-from cdc import snapshot
+from cdc.archive.prune import describe_ids
 from cdc.commands.connect import applier as _applier
 from cdc.commands.options import settings_options
-from cdc.config import Settings
-from cdc.errors import Interrupted
-from cdc.prune import describe_ids
+from cdc.export import snapshot
+from cdc.infra.config import Settings
+from cdc.infra.errors import Interrupted
 from cdc.usecases.snapshot import Snapshot, StopRequest
 
 

@@ -8,8 +8,8 @@ import click
 
 from cdc.commands import options
 from cdc.devtools.stack import Stack
-from cdc.errors import CheckFailed
-from cdc.redact import redact
+from cdc.infra.errors import CheckFailed
+from cdc.infra.redact import redact
 
 data_dir_option = options.data_dir_option("Folder holding both servers' data, logs and stack.env.")
 

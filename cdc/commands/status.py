@@ -6,8 +6,8 @@ import click
 import orjson
 
 from cdc.commands.options import settings_options
-from cdc.config import Settings
-from cdc.errors import CheckFailed
+from cdc.infra.config import Settings
+from cdc.infra.errors import CheckFailed
 from cdc.usecases import status as usecase
 
 

@@ -7,14 +7,14 @@ from typing import Any
 import click
 import orjson
 
-from cdc import export
+from cdc.capture.tables import TableInfo
 from cdc.commands.connect import applier as _applier
 from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
-from cdc.config import Settings
 from cdc.demo import dql_mongo
-from cdc.errors import CheckFailed
-from cdc.tables import TableInfo
+from cdc.export import batch as export
+from cdc.infra.config import Settings
+from cdc.infra.errors import CheckFailed
 from cdc.usecases import repair as usecase
 
 

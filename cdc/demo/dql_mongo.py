@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 from pymongo.database import Database
 
-from cdc import pg, sqlfiles
-from cdc.tables import TableInfo
+from cdc.capture.tables import TableInfo
+from cdc.infra import pg, sqlfiles
 
 PIPELINES: dict[str, tuple[str, list[dict[str, Any]]]] = {
     # name: (collection, pipeline) giving rows shaped like the SQL query's

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from cdc import pg, sqlfiles
+from cdc.infra import pg, sqlfiles
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cdc import durable
-from cdc.errors import StackError
-from cdc.stack_files import HOST, PG_DATABASE, PG_SUPERUSER, StackFiles, pid_alive
+from cdc.infra import durable
+from cdc.infra.errors import StackError
+from cdc.infra.stack_files import HOST, PG_DATABASE, PG_SUPERUSER, StackFiles, pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,18 @@ from typing import Any
 import psycopg
 from pymongo.database import Database
 
-from cdc import epoch, hierarchy, ledger, mapping, snapshot, verify
-from cdc.apply import Applier
-from cdc.errors import CheckFailed
-from cdc.mapping import Collection
-from cdc.progress import track
-from cdc.tables import TableInfo
+from cdc.capture import hierarchy, mapping
+from cdc.capture.mapping import Collection
+from cdc.capture.tables import TableInfo
+from cdc.export import snapshot
+from cdc.infra.errors import CheckFailed
+from cdc.infra.progress import track
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo import epoch
+from cdc.sinks.mongo.applier import Applier
 from cdc.usecases.sync import sync_once
-from cdc.worker import Worker
+from cdc.verify import run as verify
 
 # its progress lines keep the command's logger name, what users filter on
 log = logging.getLogger("cdc.commands.verify")

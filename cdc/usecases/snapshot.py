@@ -16,15 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from cdc import capture, epoch, export, ledger, mongo, pg, row_security, shutdown, snapshot, snapshot_resume
-from cdc.apply import Applier
-from cdc.errors import CdcError, ConfigError, Interrupted, PostgresError
-from cdc.progress import Progress, track
-from cdc.snapshot import Target
-from cdc.worker import Worker
+from cdc.capture import install as capture
+from cdc.capture import row_security
+from cdc.export import batch as export
+from cdc.export import snapshot, snapshot_resume
+from cdc.export.snapshot import Target
+from cdc.infra import pg, shutdown
+from cdc.infra.errors import CdcError, ConfigError, Interrupted, PostgresError
+from cdc.infra.progress import Progress, track
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo import epoch
+from cdc.sinks.mongo.applier import Applier
 
 if TYPE_CHECKING:
-    from cdc.metrics import Metrics
+    from cdc.runtime.metrics import Metrics
 
 # its progress lines keep the command's logger name, what users filter on
 log = logging.getLogger("cdc.commands.snapshot")

@@ -8,10 +8,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdc import capture, hierarchy, ledger, mongo, pg, rebuild
-from cdc.apply import APPLIED_COLLECTION
-from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError, PostgresUnavailable, ServerDown, UsageError
+from cdc.capture import hierarchy
+from cdc.capture import install as capture
+from cdc.infra import pg
+from cdc.infra.config import Settings
+from cdc.infra.errors import CdcError, ConfigError, PostgresUnavailable, ServerDown, UsageError
+from cdc.ledger import queries as ledger
+from cdc.runtime import rebuild
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import APPLIED_COLLECTION
 
 STALLED_INTERVALS = 3  # a running worker that has completed no cycle for more intervals than this is stuck
 

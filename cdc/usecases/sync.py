@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from cdc.progress import Progress
-from cdc.worker import Worker
+from cdc.infra.progress import Progress
+from cdc.runtime.worker import Worker
 
 
 def sync_once(

@@ -8,8 +8,8 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import archive
-from cdc import export as drain
+from cdc.archive import folders as archive
+from cdc.export import batch as drain
 
 DAYS_AGO = "now() - interval '10 days'"
 

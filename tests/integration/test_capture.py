@@ -4,9 +4,12 @@ import orjson
 import psycopg
 import pytest
 
-from cdc import archive, capture, pg, tables
-from cdc import export as drain
-from cdc.errors import ConfigError
+from cdc.archive import folders as archive
+from cdc.capture import install as capture
+from cdc.capture import tables
+from cdc.export import batch as drain
+from cdc.infra import pg
+from cdc.infra.errors import ConfigError
 from tests.archive_model import ModelStore
 from tests.mongoimport_check import mongoimport_parse
 

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cdc import pg
-from cdc.codec import Column, RowEncoder, select_expression
+from cdc.capture.tables import Column
+from cdc.encode.codec import RowEncoder, select_expression
+from cdc.infra import pg
 from tests.unit.test_codec import (
     I64_MAX,
     I64_MIN,

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc.cli import cli
 from cdc.commands.demo import resolve_targets
-from cdc.errors import UsageError
+from cdc.infra.errors import UsageError
 
 
 @pytest.fixture

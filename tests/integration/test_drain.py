@@ -8,10 +8,12 @@ import time
 import psycopg
 import pytest
 
-from cdc import capture, pg, tables
-from cdc import export as drain
-from cdc.errors import PostgresUnavailable
-from cdc.reader import table_lines
+from cdc.capture import install as capture
+from cdc.capture import tables
+from cdc.export import batch as drain
+from cdc.export.table_lines import table_lines
+from cdc.infra import pg
+from cdc.infra.errors import PostgresUnavailable
 from tests.archive_model import ModelStore, documents_without_positions
 
 STRESS_SECONDS = float(os.environ.get("CDC_TEST_STRESS_SECONDS", "6"))

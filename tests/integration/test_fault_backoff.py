@@ -20,10 +20,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc import archive, capture, pg
-from cdc import export as drain
-from cdc.archive import ArchiveWriteError, BatchWriter
-from cdc.worker import Backoff
+from cdc.archive import folders as archive
+from cdc.archive.folders import ArchiveWriteError, BatchWriter
+from cdc.capture import install as capture
+from cdc.export import batch as drain
+from cdc.infra import pg
+from cdc.runtime.worker import Backoff
 from tests.fix_cli import start_cdc
 
 FAULT_SECONDS = 5  # how long a fault lasts once the first failure was logged

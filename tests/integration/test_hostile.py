@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 import pymongo
 
-from cdc import archive
+from cdc.archive import folders as archive
 
 TABLE = '"Order; DROP TABLE users"'
 DDL = f"""

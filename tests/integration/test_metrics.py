@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc import capture
-from cdc.metrics import Metrics
+from cdc.capture import install as capture
+from cdc.runtime.metrics import Metrics
 from tests.fix_cli import start_cdc
 
 ROWS = 6  # SecantusDB is slow: a handful of rows says as much as thousands

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pymongo
 
-from cdc import export as drain
-from cdc import mongoimport
+from cdc.archive import mongoimport
+from cdc.export import batch as drain
 from tests.mongoimport_check import mongoimport_parse
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,10 +18,10 @@ import pymongo
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc import archive
-from cdc.apply import Applier
-from cdc.export import EXPORT_LOCK_KEY
-from cdc.worker import WORKER_LOCK, Worker
+from cdc.archive import folders as archive
+from cdc.export.batch import EXPORT_LOCK_KEY
+from cdc.runtime.worker import WORKER_LOCK, Worker
+from cdc.sinks.mongo.applier import Applier
 from tests.fix_cli import clean_env, start_cdc
 
 MAPPING = Path(__file__).resolve().parents[2] / "schema" / "orininu.mapping.toml"

@@ -14,7 +14,7 @@ import pytest
 from bson.int64 import Int64
 from psycopg import sql
 
-from cdc.apply import APPLIED_COLLECTION, STATE_COLLECTION
+from cdc.sinks.mongo.applier import APPLIED_COLLECTION, STATE_COLLECTION
 from tests.fix_cli import start_cdc
 
 ORININU_MAPPING = Path(__file__).parents[2] / "schema" / "orininu.mapping.toml"

@@ -8,7 +8,7 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import archive
+from cdc.archive import folders as archive
 
 
 def ok(result):

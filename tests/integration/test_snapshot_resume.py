@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from cdc import snapshot
+from cdc.export import snapshot
 from tests.fix_cli import start_cdc
 
 ORININU = ("users", "artists", "albums", "songs", "user_interaction", "playlists", "playlist_songs")

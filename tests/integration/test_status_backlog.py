@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc import export as drain
-from cdc.metrics import Metrics
+from cdc.export import batch as drain
+from cdc.runtime.metrics import Metrics
 
 CLOSED_PG = "postgresql://cdc@127.0.0.1:1/none"
 CLOSED_MONGO = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500"

@@ -9,7 +9,7 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import archive
+from cdc.archive import folders as archive
 from tests.fix_cli import start_cdc
 
 FAULT_POINTS = ["after_claim", "mid_archive", "before_commit", "after_commit", "mid_bulk_write", "before_mark_applied"]

@@ -7,10 +7,12 @@ import psycopg
 import pymongo
 import pytest
 
-from cdc import capture, ledger, pg
-from cdc import export as drain
-from cdc.apply import Applier
-from cdc.worker import LockLost, Worker
+from cdc.capture import install as capture
+from cdc.export import batch as drain
+from cdc.infra import pg
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import LockLost, Worker
+from cdc.sinks.mongo.applier import Applier
 
 DDL = "CREATE TABLE fenced (id int PRIMARY KEY, v text NOT NULL)"
 

@@ -28,8 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
-from cdc import codec, extjson
-from cdc.codec import Column, DocumentTooLarge, RowEncoder, converter, select_expression
+from cdc.capture.tables import Column
+from cdc.encode import codec, extjson
+from cdc.encode.codec import DocumentTooLarge, RowEncoder, converter, select_expression
 from tests.mongoimport_check import mongoimport_parse
 
 UTC = dt.UTC

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from cdc.config import Settings, refuse_password_in_argument
-from cdc.errors import ConfigError, UsageError
-from cdc.stack_files import StackFiles
+from cdc.infra.config import Settings, refuse_password_in_argument
+from cdc.infra.errors import ConfigError, UsageError
+from cdc.infra.stack_files import StackFiles
 
 
 def test_given_dsn_wins(monkeypatch):

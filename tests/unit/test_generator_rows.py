@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from cdc.errors import UsageError
+from cdc.infra.errors import UsageError
 from generator import load, rows
 from generator.sizes import BASE_COUNTS, NAMED_SCALES, counts_for, parse_scale
 

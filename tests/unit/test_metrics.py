@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.apply import Applier, ApplyStats, transient_retry
-from cdc.errors import ConfigError
-from cdc.export import ExportedBatch
-from cdc.metrics import Metrics, applied_by_table, changes_by_table
+from cdc.export.batch import ExportedBatch
+from cdc.infra.errors import ConfigError
+from cdc.runtime.metrics import Metrics, applied_by_table, changes_by_table
+from cdc.sinks.mongo.applier import Applier, ApplyStats, transient_retry
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from cdc.cli import cli
-from cdc.redact import secrets_in
+from cdc.infra.redact import secrets_in
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

@@ -14,13 +14,13 @@ import pymongo.errors
 import pytest
 from tenacity import stop_after_attempt, stop_when_event_set
 
-from cdc import apply as sink
 from cdc import cli  # cdc.cli first: it registers the commands
 from cdc.commands.demo import APPLIED_VS_MADE, Targets, demo, next_steps
-from cdc.config import refuse_password_in_argument
-from cdc.errors import UsageError
-from cdc.ledger import Backlog
-from cdc.worker import RunStats, Summary
+from cdc.infra.config import refuse_password_in_argument
+from cdc.infra.errors import UsageError
+from cdc.ledger.queries import Backlog
+from cdc.runtime.worker import RunStats, Summary
+from cdc.sinks.mongo import applier as sink
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import logging
 import orjson
 import pytest
 
-from cdc import logs, progress
+from cdc.infra import logs, progress
 
 
 class Terminal(io.StringIO):

@@ -3,7 +3,7 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.redact import RedactingFilter, redact, register_secret, secrets_in
+from cdc.infra.redact import RedactingFilter, redact, register_secret, secrets_in
 
 PASSWORD_CHARS = st.text(
     alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), max_codepoint=127),

@@ -1,6 +1,6 @@
 """What a migration changed, read from two ``cdc.table_shape`` texts (no server)."""
 
-from cdc.reshape import Shape, _describe_change
+from cdc.capture.reshape import Shape, _describe_change
 
 BEFORE = 'item_id integer\n1 item_id integer\n2 name text\n3 "odd ""name""" numeric(6,2)\n4 note text'
 

@@ -1,4 +1,4 @@
-from cdc import sqlfiles
+from cdc.infra import sqlfiles
 
 
 def test_dql_blocks_are_named_and_typed():

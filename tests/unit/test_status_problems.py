@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from cdc.errors import ArchiveWriteError
-from cdc.ledger import CycleLog, error_line
+from cdc.infra.errors import ArchiveWriteError
+from cdc.ledger.queries import CycleLog, error_line
 from cdc.usecases.status import Report
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cdc import archive
-from cdc.apply import ApplyStats
-from cdc.batches import InMemoryBatches, write_archive_batch
-from cdc.worker import Worker
+from cdc.archive import folders as archive
+from cdc.runtime.batches import InMemoryBatches, write_archive_batch
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo.applier import ApplyStats
 
 
 class FreeLock:

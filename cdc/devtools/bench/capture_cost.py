@@ -9,8 +9,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import capture, ledger, pg
+from cdc.capture import install as capture
 from cdc.devtools.bench.timing import timed
+from cdc.infra import pg
+from cdc.ledger import queries as ledger
 
 TABLE = "cdc_bench_songs"
 DDL = sql.SQL(

@@ -17,10 +17,16 @@ from typing import Any
 
 import psycopg
 
-from cdc import capture, export, ledger, mapping, mongo, pg, snapshot
-from cdc.apply import Applier
+from cdc.capture import install as capture
+from cdc.capture import mapping
 from cdc.devtools.bench.timing import Quiet, acquire, timed
-from cdc.worker import Worker
+from cdc.export import batch as export
+from cdc.export import snapshot
+from cdc.infra import pg
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import Applier
 
 TABLES = ("cdc_bench_doc_entries", "cdc_bench_doc_playlists", "cdc_bench_doc_songs", "cdc_bench_doc_artists")
 DROP = "DROP TABLE IF EXISTS " + ", ".join(TABLES)

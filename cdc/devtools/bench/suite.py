@@ -28,15 +28,22 @@ import psycopg
 from psycopg import sql
 from pymongo import ReplaceOne
 
-from cdc import archive, capture, export, ledger, mongo, pg, snapshot, verify
-from cdc.apply import Applier
+from cdc.archive import folders as archive
+from cdc.capture import install as capture
 from cdc.devtools.bench import capture_cost, documents
 from cdc.devtools.bench.timing import Quiet, acquire, timed
-from cdc.errors import CheckFailed
-from cdc.extjson import parse_line
-from cdc.reader import table_lines
+from cdc.encode.extjson import parse_line
+from cdc.export import batch as export
+from cdc.export import snapshot
+from cdc.export.table_lines import table_lines
+from cdc.infra import pg
+from cdc.infra.errors import CheckFailed
+from cdc.ledger import queries as ledger
+from cdc.runtime.worker import Worker
+from cdc.sinks.mongo import client as mongo
+from cdc.sinks.mongo.applier import Applier
 from cdc.usecases.sync import sync_once
-from cdc.worker import Worker
+from cdc.verify import run as verify
 
 TABLE = capture_cost.TABLE
 
@@ -380,7 +387,7 @@ def export_rss(dsn: str, small: int, large: int) -> Report:
 _RSS_CHILD = """
 import os, resource, sys
 from pathlib import Path
-from cdc import export
+from cdc.export import batch as export
 with export.drain_connection(os.environ["CDC_PG_DSN"]) as conn:
     while export.export_batch(conn, Path(sys.argv[1]), batch_size=export.BATCH_SIZE) is not None:
         pass

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cdc.errors import CheckFailed
-from cdc.worker import Worker
+from cdc.infra.errors import CheckFailed
+from cdc.runtime.worker import Worker
 
 
 def timed(action: Callable[[], Any]) -> float:
