@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg
+from cdc.infra import pg
 from generator.load import LOAD_ORDER, PRIMARY_KEYS
 from generator.rows import COLUMNS
 

@@ -7,8 +7,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg
 from cdc.demo import orininu
+from cdc.infra import pg
 from generator.load import PRIMARY_KEYS
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cdc import pg
 from cdc.demo import orininu
-from cdc.errors import UsageError
-from cdc.progress import Progress, track
+from cdc.infra import pg
+from cdc.infra.errors import UsageError
+from cdc.infra.progress import Progress, track
 from generator import rows
 from generator.pools import draw_pools
 from generator.sizes import Counts

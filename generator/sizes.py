@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdc.errors import UsageError
+from cdc.infra.errors import UsageError
 
 # Rows per table at multiplier 1.0 ("small").
 BASE_COUNTS = {

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from cdc import pg
+from cdc.infra import pg
 from generator.pools import GENRES, HOSTILE_TEXT
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Workload:
         assert row is not None
         self.max_ids = dict(zip(("users", "artists", "albums", "songs", "playlists"), row, strict=True))
         if not (self.max_ids["users"] and self.max_ids["songs"] and self.max_ids["artists"]):
-            from cdc.errors import UsageError  # noqa: PLC0415
+            from cdc.infra.errors import UsageError  # noqa: PLC0415
 
             raise UsageError("the workload needs data: run `cdc generate` first")
 
