@@ -277,3 +277,12 @@ def partial_batches(archive_dir: Path) -> list[Path]:
     if not archive_dir.is_dir():
         return []
     return sorted(path for path in archive_dir.iterdir() if path.name.startswith(PARTIAL_PREFIX))
+
+
+def top_version(manifest: dict[str, Any]) -> int:
+    """The highest ``_cdc.pos`` a batch's documents and truncate markers carry: its last position, or
+    a mapped collection's version (0 for a batch with none)."""
+    found = [manifest.get("position", {}).get("max")]
+    found += [entry.get("version") for entry in (manifest.get("documents") or {}).values()]
+    found += [marker.get("pos") for marker in manifest.get("truncates") or ()]
+    return max((int(value) for value in found if value is not None), default=0)

@@ -19,17 +19,13 @@ from psycopg import sql
 
 from cdc.capture import catalog, hierarchy, mapping, reshape, tables, triggers
 from cdc.capture.tables import TableInfo
-from cdc.capture.triggers import TRIGGERS, key_text, key_type_name
+from cdc.capture.triggers import TRIGGERS
 from cdc.infra import pg, sqlfiles
 from cdc.infra.errors import ConfigError, PostgresUnavailable, UsageError
 from cdc.ledger import queries as ledger
-from cdc.ledger.queries import NOTIFY_CHANNEL
-
-__all__ = ["NOTIFY_CHANNEL", "TRIGGERS", "CapturedTable", "install", "key_text", "key_type_name", "uninstall"]
 
 log = logging.getLogger("cdc.capture")  # the name users filter on, kept across the move to packages
 
-_INSTALL_LOCK_KEY = ledger.INSTALL_LOCK_KEY
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ def _install_once(
     reshaped: list[str] | None,
 ) -> list[TableInfo]:
     with pg.translated("installing capture"), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [ledger.INSTALL_LOCK_KEY])
         old_model = mapping.load(conn) if is_installed(conn) else None
         model, mapping_name = _model(conn, mapping_file, old_model)
         relids = (
@@ -365,7 +361,7 @@ def uninstall(
     stop being captured; their changes already in the outbox or ledger are still exported.
     """
     with pg.translated("removing capture"), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [_INSTALL_LOCK_KEY])
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [ledger.INSTALL_LOCK_KEY])
         if not is_installed(conn):
             return 0
         captured = catalog.captured_relids(conn)

@@ -1,16 +1,12 @@
-"""What several commands need to reach the pipeline: the applier on the configured MongoDB, and the
-check that capture is installed."""
+"""What several commands need to reach the pipeline: the sink on the configured MongoDB."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from cdc.capture.install import require_installed as require_capture
 from cdc.infra.config import Settings
 from cdc.sinks.mongo import client as mongo
 from cdc.sinks.mongo.applier import Applier
-
-__all__ = ["applier", "require_capture"]
 
 
 def applier(settings: Settings, *, on_retry: Callable[[], None] | None = None) -> Applier:

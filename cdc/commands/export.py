@@ -18,7 +18,7 @@ from cdc.infra.errors import CdcError
 from cdc.ledger import queries as ledger
 from cdc.runtime import rebuild
 from cdc.runtime.backoff import TRANSIENT, Backoff
-from cdc.sinks.mongo import epoch
+from cdc.sinks import epoch
 
 log = logging.getLogger(__name__)
 

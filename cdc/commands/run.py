@@ -8,16 +8,15 @@ from pathlib import Path
 import click
 
 from cdc.capture import mapping
+from cdc.capture.install import require_installed as _require_capture
 from cdc.commands.connect import applier as _applier
-from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import metrics_options, settings_options
 from cdc.export import batch as export
 from cdc.infra import pg, shutdown
 from cdc.infra.config import Settings
 from cdc.infra.errors import CdcError, UsageError
 from cdc.infra.redact import redact
-from cdc.runtime.worker import SUMMARY_EVERY_S, Worker
-from cdc.sinks.mongo.epoch import AligningLock
+from cdc.usecases import sync
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +84,19 @@ def run(
         f" MongoDB {redact(mongo_uri)} database {settings.mongo_db}; mode {mode},"
         f" interval {'-' if once else f'{interval:g}'}s; archive {settings.archive_dir}; mapping {installed or 'none'}"
     )
-    metrics = None
-    if metrics_port is not None or metrics_textfile is not None:
-        from cdc.runtime.metrics import Metrics  # noqa: PLC0415 (prometheus_client only when asked for)
-
-        metrics = Metrics(dsn)
-    try:
-        if metrics is not None and metrics_port is not None:
-            metrics.serve(metrics_host, metrics_port)
-        applier = _applier(settings, on_retry=metrics.retried if metrics is not None else None)
-        worker = Worker(
-            dsn,
-            applier,
-            settings.archive_dir,
-            batch_size=batch_size,
-            stop=stop,
-            metrics=metrics,
-            batch_log_level=logging.DEBUG,  # per-batch lines with -v; a summary every 10 s instead
-            summary_every=SUMMARY_EVERY_S,
-            # each time the lock is taken, positions move past what the target holds (a re-install)
-            lock=AligningLock(dsn, stop, applier.database, settings.archive_dir),
-        )
-        stats = worker.run(interval=interval, listen=listen, once=once)
-        if metrics is not None and metrics_textfile is not None and not stop.is_set():
-            # a run stopped early (SIGTERM, say while it waited for the lock) did not succeed:
-            # the previous file stays, and its last-success time keeps ageing
-            metrics.write_textfile(metrics_textfile)
-    finally:
-        if metrics is not None:
-            metrics.close()
+    stats = sync.run_worker(
+        dsn,
+        lambda on_retry: _applier(settings, on_retry=on_retry),
+        settings.archive_dir,
+        interval=interval,
+        listen=listen,
+        once=once,
+        batch_size=batch_size,
+        stop=stop,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        metrics_textfile=metrics_textfile,
+    )
     click.echo(
         f"applied {stats.batches} batches, {stats.changes} changes ({stats.stale} stale, {stats.rejected} rejected)"
     )

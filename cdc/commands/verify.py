@@ -7,9 +7,9 @@ from typing import Any
 import click
 import orjson
 
+from cdc.capture.install import require_installed as _require_capture
 from cdc.capture.tables import TableInfo
 from cdc.commands.connect import applier as _applier
-from cdc.commands.connect import require_capture as _require_capture
 from cdc.commands.options import settings_options
 from cdc.demo import dql_mongo
 from cdc.export import batch as export

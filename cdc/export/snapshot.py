@@ -22,10 +22,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from pymongo.database import Database
 
 from cdc.capture import install as capture
-from cdc.capture import mapping, tables
+from cdc.capture import mapping, tables, triggers
 from cdc.capture.tables import TableInfo
 from cdc.capture.triggers import cast_key
 from cdc.export.snapshot_resume import Recorder, ResumePlan
@@ -37,6 +36,7 @@ from cdc.infra.errors import (
 )
 from cdc.infra.progress import Progress
 from cdc.ledger import queries as ledger
+from cdc.sinks.base import Sink
 
 log = logging.getLogger("cdc.snapshot")  # the name users filter on, kept across the move to packages
 CHUNK = 5_000
@@ -94,7 +94,7 @@ def enqueue_table(
     ``max_pages``: return after that many pages (a rebuild that goes on at the next cycle).
     """
     key = sql.SQL(", ").join(sql.Identifier("t", column) for column in table.key_columns)
-    key_text = capture.key_text(table, "t")
+    key_text = triggers.key_text(table, "t")
     last_values = sql.SQL(", ").join(sql.Placeholder(f"k{i}") for i in range(len(table.key_columns)))
     page_after = sql.SQL("WHERE ({key}) > ({last})").format(key=key, last=last_values)
     resume_after = sql.SQL("WHERE ({key}) > ({last})").format(
@@ -161,8 +161,10 @@ def _enqueue_page(
     return []
 
 
-def create_indexes(conn: psycopg.Connection[Any], database: Database[Any], table: TableInfo) -> list[str]:
-    """Non-unique indexes for the table's foreign-key columns (PostgreSQL already enforces uniqueness)."""
+def foreign_key_indexes(conn: psycopg.Connection[Any], table: TableInfo) -> list[tuple[str, ...]]:
+    """The fields of a non-unique index for each of the table's foreign keys (PostgreSQL already
+    enforces uniqueness), but for one whose columns lead the key (a prefix of ``_id``'s fields is
+    served by the ``_id`` index only when ``_id`` is a document)."""
     rows = conn.execute(
         """SELECT array_agg(a.attname::text ORDER BY k.n)
            FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
@@ -171,21 +173,7 @@ def create_indexes(conn: psycopg.Connection[Any], database: Database[Any], table
         [table.relid],
     ).fetchall()
     conn.commit()
-    created = []
-    for (columns,) in rows:
-        if list(columns) == list(table.key_columns)[: len(columns)]:
-            continue  # a prefix of _id's fields is served by the _id index only when _id is a document
-        created.append(database[table.collection].create_index([(column, 1) for column in columns]))
-    return created
-
-
-def empty_collections(database: Database[Any], tables_: Sequence[TableInfo]) -> set[str]:
-    existing = set(database.list_collection_names())
-    return {
-        table.collection
-        for table in tables_
-        if table.collection not in existing or database[table.collection].estimated_document_count() == 0
-    }
+    return [tuple(columns) for (columns,) in rows if list(columns) != list(table.key_columns)[: len(columns)]]
 
 
 @dataclass(frozen=True)
@@ -223,7 +211,7 @@ def targets(conn: psycopg.Connection[Any], names: Sequence[str] | None) -> list[
 
 def prepare_targets(
     conn: psycopg.Connection[Any],
-    database: Database[Any] | None,
+    sink: Sink | None,
     chosen: Sequence[Target],
     progress: Progress,
     *,
@@ -235,9 +223,9 @@ def prepare_targets(
     Returns the keys enqueued and the table collections that were empty before (the insert path;
     never a mapped collection, whose roots may be refreshed by several batches of one snapshot).
     With ``plan`` (``plan_resume``), each page is recorded and what an interrupted snapshot already
-    enqueued is skipped. Without ``database`` (``--export-only``) no MongoDB is touched."""
+    enqueued is skipped. Without ``sink`` (``--export-only``) no target is touched."""
     mirrors = [t.table for t in chosen if t.op == "k"]
-    fast = empty_collections(database, mirrors) if database is not None else set()
+    fast = sink.empty_collections(t.collection for t in mirrors) if sink is not None else set()
     total = 0
     done: set[tuple[int, str]] = set()
     for target in chosen:
@@ -260,7 +248,7 @@ def prepare_targets(
             after=earlier.last_key if earlier is not None else None,
             stop=stop,
         )
-    if database is not None:
+    if sink is not None:
         for table in mirrors:
-            create_indexes(conn, database, table)
+            sink.ensure_indexes(table.collection, foreign_key_indexes(conn, table))
     return total, fast

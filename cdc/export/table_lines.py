@@ -27,7 +27,7 @@ def table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> It
 def keyed_table_lines(conn: psycopg.Connection[Any], table: TableInfo, pos: int) -> Iterator[tuple[str, bytes | None]]:
     """Like ``table_lines``, with each row's key in the outbox's text form; the line is None for a row
     the mapping cannot carry (over 16 MiB, say), which the archive would have quarantined."""
-    from cdc.capture.install import key_text  # noqa: PLC0415
+    from cdc.capture.triggers import key_text  # noqa: PLC0415
 
     encoder = RowEncoder(table.columns, table.key_columns)
     by_name = {column.name: column for column in table.columns}

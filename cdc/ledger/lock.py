@@ -19,7 +19,6 @@ from cdc.ledger import queries as ledger
 
 log = logging.getLogger("cdc.worker")
 
-WORKER_LOCK = ledger.WORKER_LOCK  # pg_advisory_lock(int, int): objsubid 2 in pg_locks
 _HOLDER = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = %s"
     " AND objsubid = 2 AND pid = %s AND granted)"
@@ -39,7 +38,7 @@ class WorkerLock:
         self.connection = pg.connect(self.dsn, autocommit=True)
         while not self.stop.is_set():
             with pg.translated("taking the worker lock"):
-                row = self.connection.execute("SELECT pg_try_advisory_lock(%s, %s)", WORKER_LOCK).fetchone()
+                row = self.connection.execute("SELECT pg_try_advisory_lock(%s, %s)", ledger.WORKER_LOCK).fetchone()
             if row and row[0]:
                 self.backend_pid = self.connection.info.backend_pid
                 return True
@@ -52,7 +51,7 @@ class WorkerLock:
     def fence(self, conn: psycopg.Connection[Any]) -> None:
         """Inside a claim's transaction: raise ``LockLost`` unless our lock backend still holds the lock,
         so a worker whose lock connection died a moment ago claims nothing."""
-        row = conn.execute(_HOLDER, [*WORKER_LOCK, self.backend_pid]).fetchone()
+        row = conn.execute(_HOLDER, [*ledger.WORKER_LOCK, self.backend_pid]).fetchone()
         if not row or not row[0]:
             raise LockLost()
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client import Metric
 
     from cdc.export.batch import ExportedBatch
-    from cdc.sinks.mongo.applier import ApplyStats
+    from cdc.sinks.base import ApplyStats
 
 log = logging.getLogger("cdc.metrics")  # the name users filter on, kept across the move to packages
 

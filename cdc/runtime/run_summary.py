@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.ledger import backlog_reader
 from cdc.ledger import queries as ledger
 
 log = logging.getLogger("cdc.worker")
@@ -26,9 +25,6 @@ class RunStats:
     swept: int = 0  # documents of rows gone removed after snapshots (``Worker._sweep``)
     last_batch: int | None = None
     last_success: float | None = None
-
-
-BacklogReader = backlog_reader.BacklogReader  # the worker builds one for its summary line
 
 
 class Summary:

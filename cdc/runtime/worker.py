@@ -34,13 +34,14 @@ from cdc.infra.errors import (
 )
 from cdc.infra.progress import Progress
 from cdc.ledger import queries as ledger
-from cdc.ledger.lock import WORKER_LOCK, WorkerLock
+from cdc.ledger.backlog_reader import BacklogReader
+from cdc.ledger.lock import WorkerLock
 from cdc.ledger.wakeup import Wakeup
 from cdc.runtime import rebuild
 from cdc.runtime.backoff import TRANSIENT, Backoff
 from cdc.runtime.batches import Batches, PgBatches
-from cdc.runtime.run_summary import SUMMARY_EVERY_S, BacklogReader, RunStats, Summary
-from cdc.sinks.mongo.applier import Applier, ApplyStats
+from cdc.runtime.run_summary import RunStats, Summary
+from cdc.sinks.base import ApplyStats, Sink
 
 if TYPE_CHECKING:
     from cdc.runtime.metrics import Metrics
@@ -49,15 +50,12 @@ log = logging.getLogger("cdc.worker")  # the name users filter on, kept across t
 # what the run loop retries, backing off: the transient faults, and a driver error that escaped translation
 _RETRIED: tuple[type[Exception], ...] = (*TRANSIENT, psycopg.OperationalError)
 
-# what `cdc run`, the tests and the bench import from here
-__all__ = ["SUMMARY_EVERY_S", "WORKER_LOCK", "Backoff", "LockLost", "RunStats", "Summary", "Worker"]
-
 
 class Worker:
     def __init__(
         self,
         dsn: str,
-        applier: Applier,
+        sink: Sink,
         archive_dir: Path,
         *,
         batch_size: int = export.BATCH_SIZE,
@@ -70,10 +68,10 @@ class Worker:
     ) -> None:
         """``batch_log_level``: the level of each batch's lines ("batch N: … changes" when exported,
         "batch N applied: …"); ``summary_every``: while ``run`` runs, log a ``Summary`` this often. With
-        ``metrics``, build the applier with ``Applier(…, on_retry=metrics.retried)``. ``batches`` and
+        ``metrics``, build the sink with its retries counted (``Applier(…, on_retry=metrics.retried)``). ``batches`` and
         ``lock`` default to the ledger and the advisory lock in PostgreSQL (tests pass in-memory ones)."""
         self.dsn = dsn
-        self.applier = applier
+        self.sink = sink  # where batches go: MongoDB (``Applier``), or any ``Sink``
         self.archive_dir = archive_dir
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
@@ -141,9 +139,9 @@ class Worker:
         self.check_lock()
         batch = self._load_or_reexport(batch_id)
         started = time.perf_counter()
-        result = self.applier.apply(batch, fast_insert=set(fast_insert))
+        result = self.sink.apply(batch, fast_insert=set(fast_insert))
         faults.point("before_mark_applied")
-        self.applier.mark_applied(batch_id)
+        self.sink.mark_applied(batch_id)
         self.batches.mark_applied(batch_id)
         self.stats.batches += 1
         self.stats.changes += result.upserted + result.deleted + result.stale
@@ -224,7 +222,7 @@ class Worker:
                     extra={"action": "not_swept", "collection": collection},
                 )
             else:
-                removed = self.applier.sweep(collection, below)
+                removed = self.sink.sweep(collection, below)
                 self.stats.swept += removed
                 log.info(
                     "%s: %d documents of rows gone removed after the snapshot",

@@ -18,8 +18,8 @@ from cdc.infra.errors import CheckFailed
 from cdc.infra.progress import track
 from cdc.ledger import queries as ledger
 from cdc.runtime.worker import Worker
-from cdc.sinks.mongo import epoch
-from cdc.sinks.mongo.applier import Applier
+from cdc.sinks import epoch
+from cdc.sinks.base import Sink
 from cdc.usecases.sync import sync_once
 from cdc.verify import run as verify
 
@@ -62,7 +62,7 @@ def verify_tables(
 
 def repair(
     conn: psycopg.Connection[Any],
-    applier: Applier,
+    sink: Sink,
     items: Sequence[Item],
     diffs: Sequence[verify.TableDiff],
     *,
@@ -70,10 +70,9 @@ def repair(
     archive_dir: Path,
 ) -> None:
     """Put the missing and different keys back into the outbox and apply them through the archive and
-    the applier (waiting for the worker lock); delete the extra documents, each guarded by the
+    the sink (waiting for the worker lock); delete the extra documents, each guarded by the
     position verify saw (a document the worker rewrote since then stays)."""
-    database = applier.database
-    epoch.align(dsn, database, archive_dir)  # after a re-install, the repaired keys must not look stale
+    epoch.align(dsn, sink, archive_dir)  # after a re-install, the repaired keys must not look stale
     for item, diff in zip(items, diffs, strict=True):
         # a mapped collection's roots are refreshed (op 'r'): each document read whole again
         relid, op, name = (
@@ -84,9 +83,9 @@ def repair(
         if diff.repair_keys:
             ledger.enqueue_keys(conn, relid, diff.repair_keys, op)
         for key, seen in zip(diff.extra, diff.extra_positions, strict=True):
-            database[name].delete_one({"_id": key, "_cdc": seen})
+            sink.delete_unchanged(name, key, seen)
     conn.commit()
-    sync_once(Worker(dsn, applier, archive_dir), wait=True)
+    sync_once(Worker(dsn, sink, archive_dir), wait=True)
 
 
 def clear_dropped(conn: psycopg.Connection[Any], items: Sequence[Item], diffs: Sequence[verify.TableDiff]) -> None:

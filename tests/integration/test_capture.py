@@ -9,7 +9,7 @@ from cdc.capture import install as capture
 from cdc.capture import tables
 from cdc.export import batch as drain
 from cdc.infra import pg
-from cdc.infra.errors import ConfigError
+from cdc.infra.errors import ArchiveError, ConfigError, RowSecurityError
 from tests.archive_model import ModelStore
 from tests.mongoimport_check import mongoimport_parse
 
@@ -176,7 +176,7 @@ def test_row_level_security_is_refused(pg_dsn, tmp_path):
     try:
         with (
             drain.drain_connection(psycopg.conninfo.make_conninfo(**info)) as conn,
-            pytest.raises(drain.RowSecurityError, match="row-level security"),
+            pytest.raises(RowSecurityError, match="row-level security"),
         ):
             drain.export_batch(conn, tmp_path, batch_size=100)
     finally:
@@ -192,7 +192,7 @@ def test_partial_batch_is_never_read(tmp_path):
     published = writer.publish()
     assert archive.read_batch(published).batch_id == 7
     (published / archive.MANIFEST).unlink()
-    with pytest.raises(archive.ArchiveError, match="incomplete"):
+    with pytest.raises(ArchiveError, match="incomplete"):
         archive.read_batch(published)
 
 
@@ -203,7 +203,7 @@ def test_tampered_file_fails_its_checksum(tmp_path):
     path = writer.publish()
     [(_, upserts)] = archive.read_batch(path).files("upsert")
     upserts.write_bytes(b'{"_id": 2}\n')
-    with pytest.raises(archive.ArchiveError, match="checksum"):
+    with pytest.raises(ArchiveError, match="checksum"):
         archive.read_batch(path)
 
 

@@ -21,11 +21,12 @@ import psycopg
 import pytest
 
 from cdc.archive import folders as archive
-from cdc.archive.folders import ArchiveWriteError, BatchWriter
+from cdc.archive.folders import BatchWriter
 from cdc.capture import install as capture
 from cdc.export import batch as drain
 from cdc.infra import pg
-from cdc.runtime.worker import Backoff
+from cdc.infra.errors import ArchiveWriteError
+from cdc.runtime.backoff import Backoff
 from tests.fix_cli import start_cdc
 
 FAULT_SECONDS = 5  # how long a fault lasts once the first failure was logged

@@ -10,8 +10,9 @@ import pytest
 from cdc.capture import install as capture
 from cdc.export import batch as drain
 from cdc.infra import pg
+from cdc.infra.errors import LockLost
 from cdc.ledger import queries as ledger
-from cdc.runtime.worker import LockLost, Worker
+from cdc.runtime.worker import Worker
 from cdc.sinks.mongo.applier import Applier
 
 DDL = "CREATE TABLE fenced (id int PRIMARY KEY, v text NOT NULL)"

@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cdc.export.batch import ExportedBatch
 from cdc.infra.errors import ConfigError
 from cdc.runtime.metrics import Metrics, applied_by_table, changes_by_table
-from cdc.sinks.mongo.applier import Applier, ApplyStats, transient_retry
+from cdc.sinks.base import ApplyStats
+from cdc.sinks.mongo.applier import Applier, transient_retry
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

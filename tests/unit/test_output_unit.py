@@ -19,7 +19,7 @@ from cdc.commands.demo import APPLIED_VS_MADE, Targets, demo, next_steps
 from cdc.infra.config import refuse_password_in_argument
 from cdc.infra.errors import UsageError
 from cdc.ledger.queries import Backlog
-from cdc.runtime.worker import RunStats, Summary
+from cdc.runtime.run_summary import RunStats, Summary
 from cdc.sinks.mongo import applier as sink
 
 

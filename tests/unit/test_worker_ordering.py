@@ -5,10 +5,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from cdc.archive import folders as archive
+from cdc.infra.errors import MongoUnavailable
 from cdc.runtime.batches import InMemoryBatches, write_archive_batch
 from cdc.runtime.worker import Worker
-from cdc.sinks.mongo.applier import ApplyStats
+from cdc.sinks.base import ApplyStats
+from cdc.sinks.memory import MemorySink
 
 
 class FreeLock:
@@ -27,31 +31,14 @@ class FreeLock:
         return None
 
 
-class RecordingApplier:
-    def __init__(self) -> None:
-        self.applied: list[int] = []
-        self.marked: list[int] = []
-        self.lines: dict[int, list[bytes]] = {}
-
-    def apply(self, batch: archive.Batch, *, fast_insert: set[str] | None = None) -> ApplyStats:
-        self.applied.append(batch.batch_id)
-        self.lines[batch.batch_id] = [
-            line for _c, path in batch.files("upsert") for line in path.read_bytes().splitlines()
-        ]
-        return ApplyStats(upserted=len(self.lines[batch.batch_id]))
-
-    def mark_applied(self, batch_id: int) -> None:
-        self.marked.append(batch_id)
-
-
 def line(n: int) -> bytes:
     return b'{"_id": %d, "_cdc": {"pos": {"$numberLong": "%d"}}}\n' % (n, n)
 
 
-def worker_for(tmp_path: Path, batches: InMemoryBatches) -> tuple[Worker, RecordingApplier]:
-    applier = RecordingApplier()
-    worker = Worker("", applier, tmp_path, batches=batches, lock=FreeLock(), stop=threading.Event())  # type: ignore[arg-type]
-    return worker, applier
+def worker_for(tmp_path: Path, batches: InMemoryBatches) -> tuple[Worker, MemorySink]:
+    sink = MemorySink()
+    worker = Worker("", sink, tmp_path, batches=batches, lock=FreeLock(), stop=threading.Event())
+    return worker, sink
 
 
 def claimed(batches: InMemoryBatches, tmp_path: Path, batch_id: int, *, on_disk: bool = True) -> None:
@@ -67,7 +54,7 @@ def test_pending_batches_are_applied_first_in_batch_order(tmp_path):
         claimed(batches, tmp_path, batch_id)
     worker, applier = worker_for(tmp_path, batches)
     assert worker.finish_pending() == 3
-    assert applier.applied == [3, 4, 5] == applier.marked == batches.applied
+    assert applier.applies == [3, 4, 5] == applier.applies == batches.applied
     assert batches.pending() == [] and worker.stats.last_batch == 5
 
 
@@ -77,7 +64,7 @@ def test_a_batch_is_applied_after_any_earlier_pending_one(tmp_path):
     claimed(batches, tmp_path, 8)
     worker, applier = worker_for(tmp_path, batches)
     assert worker.apply_in_order(8) == 2
-    assert applier.applied == [6, 8]
+    assert applier.applies == [6, 8]
 
 
 def test_after_batch_n_batch_n_plus_1_needs_no_look(tmp_path):
@@ -89,7 +76,7 @@ def test_after_batch_n_batch_n_plus_1_needs_no_look(tmp_path):
     worker.apply_in_order(4)
     claimed(batches, tmp_path, 3)  # cannot happen in PostgreSQL; shows the ledger is not asked again
     worker.apply_in_order(5)
-    assert applier.applied == [4, 5]
+    assert applier.applies == [4, 5]
     assert batches.pending() == [3]
 
 
@@ -99,7 +86,7 @@ def test_a_missing_folder_is_re_exported_from_the_ledger(tmp_path):
     worker, applier = worker_for(tmp_path, batches)
     worker.finish_pending()
     assert batches.reexported == [3]
-    assert applier.lines[3] == [line(3).rstrip(b"\n")]
+    assert applier.documents("t") == [{"_id": 3, "_cdc": {"pos": 3}}]
 
 
 def test_a_damaged_folder_is_re_exported(tmp_path):
@@ -109,7 +96,7 @@ def test_a_damaged_folder_is_re_exported(tmp_path):
     upserts.write_bytes(b"damaged\n")
     worker, applier = worker_for(tmp_path, batches)
     worker.finish_pending()
-    assert batches.reexported == [4] and applier.applied == [4]
+    assert batches.reexported == [4] and applier.applies == [4]
 
 
 def test_a_folder_of_another_epoch_is_re_exported(tmp_path):
@@ -119,7 +106,7 @@ def test_a_folder_of_another_epoch_is_re_exported(tmp_path):
     worker, applier = worker_for(tmp_path, batches)
     worker.finish_pending()
     assert batches.reexported == [7]
-    assert applier.lines[7] == [line(7).rstrip(b"\n")]
+    assert applier.documents("t") == [{"_id": 7, "_cdc": {"pos": 7}}]
 
 
 def test_a_stop_leaves_the_rest_pending_for_next_time(tmp_path):
@@ -135,4 +122,46 @@ def test_a_stop_leaves_the_rest_pending_for_next_time(tmp_path):
 
     applier.apply = apply_then_stop  # type: ignore[method-assign]
     assert worker.finish_pending() == 1
-    assert applier.applied == [1] and batches.pending() == [2, 3]
+    assert applier.applies == [1] and batches.pending() == [2, 3]
+
+
+def test_a_batch_that_failed_half_way_is_applied_again_to_the_same_state(tmp_path):
+    """A transient fault after some writes: the batch stays pending (not marked applied), and applying
+    it again, idempotently, leaves what one clean apply leaves."""
+    batches = InMemoryBatches()
+    lines = {"t": [line(n) for n in (1, 2, 3)]}
+    batches.claim(1, 1, 3, lines)
+    write_archive_batch(tmp_path, 1, 1, 3, lines)
+    worker, sink = worker_for(tmp_path, batches)
+    sink.fail_next(MongoUnavailable("connection reset"), after_writes=2)
+    with pytest.raises(MongoUnavailable):
+        worker.finish_pending()
+    assert batches.pending() == [1] and sink.applied == [] and len(sink.documents("t")) == 2
+    assert worker.finish_pending() == 1
+    assert sink.applies == [1, 1] and sink.applied == [1] == batches.applied
+    assert sorted(d["_id"] for d in sink.documents("t")) == [1, 2, 3]
+
+
+def test_an_older_version_is_stale_and_changes_nothing(tmp_path):
+    batches = InMemoryBatches()
+    newer = b'{"_id": 1, "v": "new", "_cdc": {"pos": {"$numberLong": "20"}}}\n'
+    older = b'{"_id": 1, "v": "old", "_cdc": {"pos": {"$numberLong": "10"}}}\n'
+    for batch_id, text in ((1, newer), (2, older)):
+        batches.claim(batch_id, batch_id, batch_id, {"t": [text]})
+        write_archive_batch(tmp_path, batch_id, batch_id, batch_id, {"t": [text]})
+    worker, sink = worker_for(tmp_path, batches)
+    worker.finish_pending()
+    assert sink.documents("t") == [{"_id": 1, "v": "new", "_cdc": {"pos": 20}}]
+    assert worker.stats.stale == 1 and worker.stats.changes == 2
+
+
+def test_the_memory_sink_reports_what_it_holds(tmp_path):
+    batches = InMemoryBatches()
+    claimed(batches, tmp_path, 4)
+    worker, sink = worker_for(tmp_path, batches)
+    worker.finish_pending()
+    held = sink.held()
+    assert (held.version, held.batch) == (49, 4)  # the batch's last position, and the batch
+    assert sink.applied_batches() == {4}
+    assert sink.empty_collections(["t", "u"]) == {"u"}
+    assert sink.sweep("t", 5) == 1 and sink.empty_collections(["t"]) == {"t"}

@@ -17,12 +17,11 @@ import hashlib
 import logging
 import os
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import bson.errors
 import pymongo
@@ -45,6 +44,7 @@ from cdc.archive import folders as archive
 from cdc.encode.extjson import parse_line
 from cdc.infra import faults, shutdown
 from cdc.infra.errors import ArchiveError, MongoError, MongoUnavailable, shorten
+from cdc.sinks.base import ApplyStats, Held, Sink
 from cdc.sinks.mongo.client import codec_options, describe, translated
 
 log = logging.getLogger("cdc.apply")  # the name users filter on, kept across the move to packages
@@ -64,19 +64,6 @@ DUPLICATE_KEY = 11000
 MAX_REWRITES = 5
 
 Document = dict[str, Any]
-
-
-@dataclass
-class ApplyStats:
-    upserted: int = 0
-    deleted: int = 0
-    stale: int = 0
-    truncated: int = 0
-    retries: int = 0
-    by_collection: dict[str, Counter[str]] = field(default_factory=dict)
-
-    def count(self, collection: str, what: str, amount: int = 1) -> None:
-        self.by_collection.setdefault(collection, Counter())[what] += amount
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -253,11 +240,61 @@ class Applier:
         self._mapped: set[str] = set()  # the batch's mapped collections (manifest "documents")
         self._given = 0  # the highest version this applier recorded in the target (STATE_COLLECTION)
 
+    @property
+    def name(self) -> str:
+        return f"MongoDB database {self.database.name}"
+
+    @property
+    def versions_record(self) -> str:
+        return f"the collection {STATE_COLLECTION} of {self.database.name}"
+
     def collection(self, name: str) -> pymongo.collection.Collection[Document]:
         return self.database.get_collection(name, codec_options=self.options, write_concern=WriteConcern(w="majority"))
 
     def applied_batches(self) -> set[int]:
         return {int(doc["_id"]) for doc in self.collection(APPLIED_COLLECTION).find({}, {"_id": 1})}
+
+    def held(self) -> Held:
+        """The target's record of its versions (``STATE_COLLECTION``; without one, read once from each
+        collection's highest ``_cdc.pos`` and written) and its highest applied batch."""
+        database = self.database
+        scanned = None
+        with translated(f"reading what MongoDB database {database.name} holds"):
+            state = database.get_collection(STATE_COLLECTION).find_one({"_id": VERSIONS_ID})
+            last = database.get_collection(APPLIED_COLLECTION).find_one({}, {"_id": 1}, sort=[("_id", -1)])
+            if state is not None:
+                version = int(state.get("version") or 0)
+            else:
+                names = [name for name in database.list_collection_names() if not name.startswith(("_cdc", "system."))]
+                version = max((_highest_pos(database.get_collection(name)) for name in names), default=0)
+                scanned = len(names)
+                if version > 0:  # once: from now on the record answers
+                    self.collection(STATE_COLLECTION).update_one(
+                        {"_id": VERSIONS_ID},
+                        {"$max": {"version": Int64(version)}, "$set": {"updated_at": dt.datetime.now(dt.UTC)}},
+                        upsert=True,
+                    )
+        batch = int(last["_id"]) if last is not None and isinstance(last["_id"], int) else 0
+        return Held(version, batch, scanned)
+
+    def empty_collections(self, names: Iterable[str]) -> set[str]:
+        database = self.database
+        with translated(f"counting the documents of MongoDB database {database.name}"):
+            existing = set(database.list_collection_names())
+            return {name for name in names if name not in existing or database[name].estimated_document_count() == 0}
+
+    def ensure_indexes(self, collection: str, indexes: Sequence[Sequence[str]]) -> None:
+        with translated(f"creating the indexes of {collection}"):
+            for fields in indexes:
+                self.database[collection].create_index([(name, 1) for name in fields])
+
+    def delete_unchanged(self, collection: str, key: Any, seen: Any) -> None:
+        @self.retrying
+        def run() -> None:
+            self.collection(collection).delete_one({"_id": key, "_cdc": seen})
+
+        with translated(f"removing a document of {collection}"):
+            run()
 
     def _retried(self) -> None:
         with self._retries_lock:
@@ -333,13 +370,13 @@ class Applier:
         stats.truncated += removed
         stats.count(collection, "truncated", removed)
 
-    def apply(self, batch: archive.Batch, *, fast_insert: set[str] | None = None) -> ApplyStats:
+    def apply(self, batch: archive.Batch, *, fast_insert: AbstractSet[str] | None = None) -> ApplyStats:
         """Apply one verified batch; ``fast_insert`` names collections known to be empty (insert path)."""
         stats = ApplyStats()
         self._mapped = set(batch.manifest.get("documents") or {})
         retries_before = self._retries
         try:
-            self._record_given(top_version(batch.manifest))
+            self._record_given(archive.top_version(batch.manifest))
             for marker in batch.manifest["truncates"]:
                 self._truncate(marker["collection"], int(marker["pos"]), stats)
             for op in ("upsert", "delete"):
@@ -419,13 +456,10 @@ class Applier:
             run()
 
 
-def top_version(manifest: dict[str, Any]) -> int:
-    """The highest ``_cdc.pos`` a batch's documents and truncate markers carry: its last position, or
-    a mapped collection's version (0 for a batch with none)."""
-    found = [manifest.get("position", {}).get("max")]
-    found += [entry.get("version") for entry in (manifest.get("documents") or {}).values()]
-    found += [marker.get("pos") for marker in manifest.get("truncates") or ()]
-    return max((int(value) for value in found if value is not None), default=0)
+def _highest_pos(collection: pymongo.collection.Collection[Document]) -> int:
+    """The highest ``_cdc.pos`` of a collection: one sorted read, a full scan without an index."""
+    found = collection.find_one({}, {"_cdc.pos": 1}, sort=[("_cdc.pos", -1)])
+    return max(pos_of(found), 0) if found is not None else 0
 
 
 def _counted(collection: str, op: str, stats: ApplyStats, size: int) -> None:
@@ -441,3 +475,7 @@ def _request(kind: str, document: Document, found_by: Document) -> Any:
     if kind == "insert":
         return InsertOne(document)
     return ReplaceOne(guard, document, upsert=True)
+
+
+if TYPE_CHECKING:
+    _IS_A_SINK: type[Sink] = Applier  # mypy holds the MongoDB sink to the contract

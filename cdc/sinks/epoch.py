@@ -4,93 +4,48 @@ Every document carries its version in ``_cdc.pos``, and a guarded write refuses 
 above the stored one. Versions come from ``cdc.position_seq`` and batch ids from ``cdc.batch_seq``,
 which start at 1 again after ``cdc uninstall`` and ``cdc install``, and move back with a PostgreSQL
 restored from a backup: every change to a document that already exists would then be refused as
-stale, and new batch ids would be ones the target (``_cdc_batches``) and the archive already hold.
+stale, and new batch ids would be ones the target and the archive already hold.
 
-The rule: the target records the highest version it was ever given (``_cdc_state``, written by the
-applier before each batch's first write) and the batches it applied (``_cdc_batches``). Before
-``cdc snapshot`` (at its start) and ``cdc run`` (``AligningLock``: each time it takes its lock, and
-when it finds capture installed again under it) claim anything, ``align`` moves both sequences past
-what the target and the archive hold, and with them the changes that wait with positions below it,
-logging one line.
-A target without that record (filled before it existed, or by ``mongoimport``) has the highest
-``_cdc.pos`` of each of its collections read once, and the record written.
+The rule: the target records the highest version it was ever given and the batches it applied
+(``Sink.held``). Before ``cdc snapshot`` (at its start) and ``cdc run`` (``AligningLock``: each time it
+takes its lock, and when it finds capture installed again under it) claim anything, ``align`` moves
+both sequences past what the target and the archive hold, and with them the changes that wait with
+positions below it, logging one line.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pymongo.collection
-from bson.int64 import Int64
-from pymongo.database import Database
-from pymongo.write_concern import WriteConcern
 
 from cdc.archive import folders as archive
 from cdc.infra import pg
 from cdc.infra.errors import CaptureMissing, CdcError, CheckFailed, ConfigError
 from cdc.ledger import queries as ledger
 from cdc.ledger.lock import WorkerLock
-from cdc.sinks.mongo import client as mongo
-from cdc.sinks.mongo.applier import APPLIED_COLLECTION, STATE_COLLECTION, VERSIONS_ID, pos_of
+from cdc.sinks.base import Held, Sink
 
-log = logging.getLogger("cdc.epoch")  # the name users filter on, kept across the move to packages
-
-Document = dict[str, Any]
+log = logging.getLogger("cdc.epoch")  # the name users filter on
 
 
-@dataclass(frozen=True)
-class Held:
-    """What the target (and the archive) hold."""
-
-    version: int  # at least the highest _cdc.pos the target was given (0: none)
-    batch: int  # the highest batch id the target records as applied, or the archive holds
-    scanned: int | None  # no record: the number of collections read for their highest _cdc.pos
-
-
-def held(database: Database[Document] | None, archive_dir: Path | None) -> Held:
-    """The target's record of its versions and batches (read from its documents when it has none),
-    and the archive's highest batch folder. No ``database``: the archive's alone (``cdc export``)."""
+def held(sink: Sink | None, archive_dir: Path | None) -> Held:
+    """What the target (``sink.held``) and the archive hold: the highest batch folder counts as a batch
+    the target holds. No ``sink``: the archive's alone (``cdc export``)."""
     folders = archive.batch_paths(archive_dir) if archive_dir is not None else []
     in_archive = int(folders[-1].name) if folders else 0
-    if database is None:
+    if sink is None:
         return Held(0, in_archive, None)
-    scanned = None
-    with mongo.translated(f"reading what MongoDB database {database.name} holds"):
-        state = database.get_collection(STATE_COLLECTION).find_one({"_id": VERSIONS_ID})
-        last = database.get_collection(APPLIED_COLLECTION).find_one({}, {"_id": 1}, sort=[("_id", -1)])
-        if state is not None:
-            version = int(state.get("version") or 0)
-        else:
-            names = [name for name in database.list_collection_names() if not name.startswith(("_cdc", "system."))]
-            version = max((_highest_pos(database.get_collection(name)) for name in names), default=0)
-            scanned = len(names)
-            if version > 0:  # once: from now on the record answers
-                database.get_collection(STATE_COLLECTION, write_concern=WriteConcern(w="majority")).update_one(
-                    {"_id": VERSIONS_ID},
-                    {"$max": {"version": Int64(version)}, "$set": {"updated_at": dt.datetime.now(dt.UTC)}},
-                    upsert=True,
-                )
-    batch = int(last["_id"]) if last is not None and isinstance(last["_id"], int) else 0
-    return Held(version, max(batch, in_archive), scanned)
+    target = sink.held()
+    return Held(target.version, max(target.batch, in_archive), target.scanned)
 
 
-def _highest_pos(collection: pymongo.collection.Collection[Document]) -> int:
-    """The highest ``_cdc.pos`` of a collection: one sorted read, a full scan without an index."""
-    found = collection.find_one({}, {"_cdc.pos": 1}, sort=[("_cdc.pos", -1)])
-    return max(pos_of(found), 0) if found is not None else 0
-
-
-def align(dsn: str, database: Database[Document] | None, archive_dir: Path | None) -> ledger.Moved | None:
+def align(dsn: str, sink: Sink | None, archive_dir: Path | None) -> ledger.Moved | None:
     """Move ``cdc.position_seq`` and ``cdc.batch_seq`` past what the target and the archive hold (and
     the changes waiting below it with them); one log line when they moved. None when they were past.
-    Call it before anything is claimed; ``database`` None (no target): batch ids past the archive's."""
-    target = held(database, archive_dir)
-    where = f"MongoDB database {database.name}" if database is not None else f"the archive {archive_dir}"
+    Call it before anything is claimed; ``sink`` None (no target): batch ids past the archive's."""
+    target = held(sink, archive_dir)
+    where = sink.name if sink is not None else f"the archive {archive_dir}"
     if target.scanned is not None and target.version:
         log.info(
             "%s had no record of its versions: read the highest _cdc.pos of its %d collections (%d)",
@@ -137,9 +92,9 @@ class AligningLock(WorkerLock):
     under a running worker). When MongoDB or PostgreSQL cannot be reached while the lock is taken,
     that check tries again, and its failure is the worker's to back off from."""
 
-    def __init__(self, dsn: str, stop: threading.Event, database: Database[Document], archive_dir: Path) -> None:
+    def __init__(self, dsn: str, stop: threading.Event, sink: Sink, archive_dir: Path) -> None:
         super().__init__(dsn, stop)
-        self.database = database
+        self.sink = sink
         self.archive_dir = archive_dir
         self.aligned = False
         self.install: int | None = None  # ledger.install_identity when last aligned
@@ -168,18 +123,18 @@ class AligningLock(WorkerLock):
     def _align(self) -> None:
         self.aligned = False
         self.install = self._install()  # read first: an install made during ``align`` is seen next time
-        align(self.dsn, self.database, self.archive_dir)
+        align(self.dsn, self.sink, self.archive_dir)
         self.aligned = True
 
 
-def refuse_mostly_stale(writes: int, stale: int, database: str) -> None:
+def refuse_mostly_stale(writes: int, stale: int, sink: Sink) -> None:
     """A snapshot whose writes were mostly refused as stale did not do its job: say why, and what to do."""
     if writes and stale * 2 > writes:
         raise CheckFailed(
-            f"snapshot: {stale} of {writes} writes were refused as stale: MongoDB database {database} holds"
+            f"snapshot: {stale} of {writes} writes were refused as stale: {sink.name} holds"
             " newer versions (_cdc.pos) of those documents than this install of capture gives, most likely"
             " written by another install (an earlier one, a PostgreSQL restored from a backup, or another"
-            f" database synced into this one). To move positions past them, drop the collection {STATE_COLLECTION}"
-            f" of {database} (the next `cdc snapshot` or `cdc run` then reads the highest _cdc.pos of every"
+            f" database synced into this one). To move positions past them, drop {sink.versions_record}"
+            " (the next `cdc snapshot` or `cdc run` then reads the highest _cdc.pos of every"
             " collection), then run `cdc snapshot` again"
         )
