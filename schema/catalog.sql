@@ -1,6 +1,6 @@
 -- The capture catalog's SQL: what is captured (cdc.captured), the partitions and children recorded
--- under each captured root (cdc.captured_parts) and the installed document model (cdc.mapping).
--- Only cdc/catalog.py runs these blocks (loaded by name); readers never commit.
+-- under each captured root (cdc.captured_parts) and the installed document model (cdc.capture.mapping).
+-- Only cdc/capture/catalog.py runs these blocks (loaded by name); readers never commit.
 
 -- name: table_exists
 -- Whether a catalog table exists (a ledger installed before it was added has not got it).

@@ -1,4 +1,4 @@
--- The ledger's SQL: the outbox, the batches and their changes. Only cdc/ledger.py runs these
+-- The ledger's SQL: the outbox, the batches and their changes. Only cdc/ledger/queries.py runs these
 -- blocks (loaded by name); readers never commit, their callers end the transaction.
 
 -- name: draw_position
@@ -149,7 +149,7 @@ SELECT (SELECT batch_id FROM exported), (SELECT mode FROM exported), (SELECT exp
 INSERT INTO cdc.outbox (relid, op, keys) VALUES (%(relid)s, %(op)s, %(keys)s) RETURNING pos
 
 -- name: drop_waiting_changes
--- A re-keyed table (cdc/reshape.py): its changes still waiting, recorded under the old key, go; the
+-- A re-keyed table (cdc/capture/reshape.py): its changes still waiting, recorded under the old key, go; the
 -- rebuild that follows reads every row again. Batches already archived keep their files.
 WITH outbox AS (DELETE FROM cdc.outbox WHERE relid = %(relid)s RETURNING 1),
      held AS (DELETE FROM cdc.batch_changes c USING cdc.batches b
@@ -283,7 +283,7 @@ SELECT s.last_cycle, s.last_cycle_at, s.last_ok_at, s.failing_since, s.error, s.
            (SELECT applied_at FROM cdc.batches WHERE state = 'applied' ORDER BY batch_id DESC LIMIT 1)))
 FROM cdc.worker_state s
 
--- ---- versions never go backwards against the target (cdc/epoch.py) --------------------------------
+-- ---- versions never go backwards against the target (cdc/sinks/epoch.py) --------------------------------
 
 -- name: sequence_heads
 -- The last position and batch id drawn (0: none yet), and whether this role may move them (setval).
@@ -333,7 +333,7 @@ WHERE state <> 'applied' AND mode IN ('run', 'snapshot')
 UPDATE cdc.snapshot_progress SET last_pos = last_pos + %(shift)s WHERE last_pos >= %(low)s
 
 -- name: rebuilds_writable
--- Whether cdc.rebuilds (cdc/reshape.py) exists and this role may update it.
+-- Whether cdc.rebuilds (cdc/capture/reshape.py) exists and this role may update it.
 SELECT CASE WHEN to_regclass('cdc.rebuilds') IS NOT NULL THEN has_table_privilege('cdc.rebuilds', 'UPDATE')
             ELSE false END
 

@@ -201,7 +201,7 @@ def relation_name(conn: psycopg.Connection[Any], relid: int) -> tuple[str, str, 
     return None if row is None else (str(row[0]), str(row[1]), bool(row[2]))
 
 
-# ---- shapes and rebuilds (cdc/reshape.py) ---------------------------------------------------------
+# ---- shapes and rebuilds (cdc/capture/reshape.py) ---------------------------------------------------------
 
 
 @dataclass(frozen=True)

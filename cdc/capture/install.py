@@ -27,7 +27,6 @@ from cdc.ledger import queries as ledger
 log = logging.getLogger("cdc.capture")  # the name users filter on, kept across the move to packages
 
 
-
 @dataclass(frozen=True)
 class CapturedTable:
     relid: int
@@ -198,11 +197,10 @@ def _install_base(conn: psycopg.Connection[Any], table_names: Sequence[str] | No
     """The outbox, the ledger and the catalog (idempotent); the event trigger that makes capture
     functions follow DDL, where the installer is a superuser (event triggers need one); the schemas
     named ``schema.*``, whose tables created later the worker captures."""
-    queries = sqlfiles.queries("capture.sql")
-    conn.execute(queries["install_base"].text.encode())
+    sqlfiles.run(conn, "capture.sql", "install_base")
     row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     if row and row[0]:
-        conn.execute(queries["install_ddl_follow"].text.encode())
+        sqlfiles.run(conn, "capture.sql", "install_ddl_follow")
     for pattern in schema_patterns(table_names):
         catalog.add_captured_schema(conn, pattern, notify=notify)
 

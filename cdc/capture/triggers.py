@@ -123,7 +123,7 @@ def _row_function_body(
         # the new keys, plus the old keys that no longer exist: a changed primary key becomes a delete
         "upd": sql.SQL("{} UNION ALL ({} EXCEPT ALL {})").format(new_keys, old_keys, new_keys),
     }[prefix]
-    # a mapped table's old join values: the documents that held its rows before (cdc/documents.py)
+    # a mapped table's old join values: the documents that held its rows before (cdc/documents/build.py)
     old_joins = join_values(joins, sql.SQL("cdc_old")) if joins and prefix != "ins" else sql.SQL("NULL")
     # whether an UPDATE changed a column that embedding documents show (compared as text: every type
     # has an output function, not every type an equality operator); NULL means yes

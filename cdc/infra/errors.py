@@ -42,7 +42,7 @@ class PostgresUnavailable(PostgresError):
 class ShapeChanged(PostgresError):
     """A captured table changed shape while a batch was read (a migration committed meanwhile)."""
 
-    # the next cycle follows the migration first (cdc.reshape), then reads the batch again
+    # the next cycle follows the migration first (cdc.capture.reshape), then reads the batch again
     transient = True
 
 

@@ -1,7 +1,9 @@
 """SQL shipped in ``schema/`` (package ``cdc.sql``), loaded by name.
 
 A file is either run whole (``script``) or split into named blocks (``queries``): each block
-starts with ``-- name: <name>`` and may carry ``-- kind: <kind>``. ``run`` executes a block.
+starts with ``-- name: <name>`` and may carry ``-- kind: <kind>``. ``run`` executes a block; a block of
+``-- kind: script`` holds several statements and takes no parameters (PostgreSQL runs several statements
+in one call only without parameters), so it is sent as it is.
 """
 
 from __future__ import annotations
@@ -59,5 +61,10 @@ def run(
     conn: psycopg.Connection[Any], filename: str, name: str, params: dict[str, Any] | None = None
 ) -> psycopg.Cursor[Any]:
     """Execute the block ``name`` of ``schema/<filename>``. Parameters are always passed (an empty dict
-    at least), so a block reads the same with or without them: its ``%%`` is always one ``%``."""
+    at least), so a block reads the same with or without them: its ``%%`` is always one ``%``; but for a
+    block of kind ``script`` (several statements), which takes none and is sent as it is."""
+    if queries(filename)[name].kind == "script":
+        if params:
+            raise TypeError(f"{filename} {name}: a script block takes no parameters")
+        return conn.execute(_encoded(filename, name))
     return conn.execute(_encoded(filename, name), params if params is not None else {})

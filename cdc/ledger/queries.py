@@ -598,7 +598,7 @@ class CycleLog:
         return True
 
 
-# ---- positions and batch ids moved past what the target holds (cdc.epoch) ------------------------
+# ---- positions and batch ids moved past what the target holds (cdc.sinks.epoch) ------------------------
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class Worker:
         self.partitions = hierarchy.Watch(dsn)
         self.shapes = rebuild.Watch(dsn)  # migrations: tables whose shape changed, and their rebuilds
 
-    # ---- the lock (cdc.lock) -----------------------------------------------------------------
+    # ---- the lock (cdc.ledger.lock) -----------------------------------------------------------------
     def acquire(self, wait: bool = True) -> bool:
         return self.lock.acquire(wait)
 

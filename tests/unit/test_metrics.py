@@ -1,4 +1,4 @@
-"""cdc/metrics.py without servers: per-table counts, a registry per run, retries, the textfile."""
+"""cdc/runtime/metrics.py without servers: per-table counts, a registry per run, retries, the textfile."""
 
 import socket
 from collections import Counter

@@ -53,7 +53,7 @@ _R = TypeVar("_R")
 
 APPLIED_COLLECTION = "_cdc_batches"  # the target's own record of applied batches
 # the target's record of the highest version (_cdc.pos) it was ever given: {_id: "versions", version},
-# raised before each batch's first write; `cdc run` and `cdc snapshot` move positions past it (cdc.epoch)
+# raised before each batch's first write; `cdc run` and `cdc snapshot` move positions past it (cdc.sinks.epoch)
 STATE_COLLECTION = "_cdc_state"
 VERSIONS_ID = "versions"
 CHUNK = 5_000  # documents per bulk write, and at most CHUNK_BYTES of archive lines
