@@ -23,6 +23,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 unit: venv
 	$(BIN)/pytest tests/unit
@@ -35,4 +36,4 @@ stack-down: venv
 
 clean: 
 	-$(BIN)/cdc stack down
-	rm -rf $(VENV) .orininu .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .orininu .pytest_cache .mypy_cache .ruff_cache site

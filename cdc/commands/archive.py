@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @click.group(name="archive")
 def archive_group() -> None:
-    """Manage the archive folder (see the README, "Archive")."""
+    """Manage the archive folder (see docs/mongoimport.md, "The archive")."""
 
 
 def _target_applied(settings: Settings) -> prune.TargetApplied:
@@ -70,7 +70,7 @@ def prune_command(settings: Settings, keep_days: float, dry_run: bool) -> None:
     that moment. Never removed: batches not applied, `.partial-*` folders, folders whose manifest does
     not match the ledger (another epoch). For a pruned `cdc export` batch the ledger's copy of its keys
     (cdc.batch_changes) goes too; its row in cdc.batches stays. Pruned ids are recorded in
-    <archive>/pruned.json. A pruned batch cannot be replayed: rebuild a target with `cdc snapshot`, not
+    `<archive>/pruned.json`. A pruned batch cannot be replayed: rebuild a target with `cdc snapshot`, not
     `cdc replay` from the first batch.
     """
     with pg.connect(settings.pg_dsn()) as conn:

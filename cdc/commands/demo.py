@@ -157,7 +157,7 @@ def resolve_targets(
     default=DEMO_MAPPING,
     show_default=True,
     metavar="FILE|none",
-    help='The document model to sync: the shipped Orininu model (see the README, "The Orininu document'
+    help='The document model to sync: the shipped Orininu model (see docs/document-model.md, "The Orininu document'
     " model\"), a mapping file of your own, or 'none' for one collection per table.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the demo's targets and exit, touching nothing.")

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def export(settings: Settings, once: bool, batch_size: int, interval: float) -> None:
     """Drain the outbox into archive batches only, with no MongoDB: the mongoimport path.
 
-    Each batch is a folder under --archive (see the README for the two mongoimport commands that
+    Each batch is a folder under --archive (see docs/mongoimport.md for the two mongoimport commands that
     load one). Outbox rows are deleted in the transaction that commits the fsynced batch, so from
     then on the archive is the only copy of those changes: keep it on durable storage. The
     ledger (schema "cdc") keeps every batch's state and keys.

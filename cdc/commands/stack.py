@@ -29,7 +29,7 @@ def stack() -> None:
 @click.option("--mongo-port", type=click.IntRange(0, 65535), default=0, help="MongoDB port (0: a free one).")
 @click.option("--fast", is_flag=True, help="fsync=off and friends: for throw-away test data only.")
 def up(data_dir: Path, pg_port: int, mongo_port: int, fast: bool) -> None:
-    """Start both servers (a no-op for those already running) and write <data-dir>/stack.env.
+    """Start both servers (a no-op for those already running) and write `<data-dir>/stack.env`.
 
     Data is kept across restarts; a port is reused when still free. stack.env is mode 0600 and
     holds the PostgreSQL password; the copy printed here has it masked. Load it with
