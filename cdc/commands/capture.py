@@ -64,7 +64,7 @@ def _tables_options(help_text: str) -> Callable[[F], F]:
     metavar="FILE",
     envvar="CDC_MAPPING",
     show_envvar=True,
-    help='A document model (TOML; see docs/document-model.md): collections rooted at tables with'
+    help="A document model (TOML; see docs/document-model.md): collections rooted at tables with"
     " rows of other tables embedded. Stored in PostgreSQL; 'none' removes the installed one. Left out, the"
     " installed mapping (if any) stays.",
 )

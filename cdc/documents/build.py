@@ -27,14 +27,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
 from cdc.capture.mapping import Collection, DocumentModel, Node
 from cdc.capture.tables import Column, TableInfo
 from cdc.capture.triggers import cast_key, key_text
-from cdc.encode.codec import BSON_MAX_SIZE, Converter, converter, position, select_expression
+from cdc.encode.codec import delete_line, document_id, document_line, position
+from cdc.encode.types import converter, select_expression
+from cdc.encode.values import Converter
+from cdc.infra.errors import DocumentTooLarge
 from cdc.ledger import queries as ledger
 
 log = logging.getLogger("cdc.documents")  # the name users filter on, kept across the move to packages
@@ -281,13 +283,7 @@ class DocumentReader:
         self.node_queries = {id(node): _node_query(collection, node) for node in collection.nodes()[1:]}
 
     def document_id(self, key: Sequence[Any]) -> Any:
-        root = self.collection.root.table
-        if len(key) == 1:
-            return self.key_converters[0](key[0])
-        return {
-            name: None if value is None else convert(value)
-            for name, convert, value in zip(root.key_columns, self.key_converters, key, strict=True)
-        }
+        return document_id(self.collection.root.table.key_columns, self.key_converters, key)
 
     def read(self, conn: psycopg.Connection[Any], keys: list[str], version: int) -> list[Built]:
         width = len(self.collection.root.table.key_columns)
@@ -350,22 +346,11 @@ class DocumentReader:
 
 
 def _encoded(key: str, document_id: Any, document: dict[str, Any]) -> Built:
-    line = orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE)
-    if len(line) > BSON_MAX_SIZE // 8:
-        import bson  # noqa: PLC0415  (only for large documents)
-        from bson import json_util  # noqa: PLC0415
-
-        size = len(bson.encode(json_util.loads(line)))
-        if size > BSON_MAX_SIZE:
-            field_name, length = _largest_array(document)
-            return Built(
-                key,
-                document_id,
-                None,
-                f"document is {size:,} bytes as BSON, over the 16 MiB limit; largest array: {field_name}"
-                f" ({length} elements)",
-            )
-    return Built(key, document_id, line)
+    try:
+        return Built(key, document_id, document_line(document))
+    except DocumentTooLarge as error:
+        field_name, length = _largest_array(document)
+        return Built(key, document_id, None, f"{error}; largest array: {field_name} ({length} elements)")
 
 
 def _largest_array(value: Any, path: str = "") -> tuple[str, int]:
@@ -380,10 +365,6 @@ def _largest_array(value: Any, path: str = "") -> tuple[str, int]:
             found = _largest_array(item, f"{path}[{index}]")
             best = found if found[1] > best[1] else best
     return best
-
-
-def delete_line(document_id: Any, version: int) -> bytes:
-    return orjson.dumps({"_id": document_id, "_cdc": position(version)}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def export_documents(

@@ -9,7 +9,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.capture.tables import TableInfo
-from cdc.encode.codec import RowEncoder, select_expression
+from cdc.encode.codec import RowEncoder
+from cdc.encode.types import select_expression
 
 _FETCH = 5_000
 

@@ -1,14 +1,15 @@
-"""What a stored document must hold, worked out from PostgreSQL's own values without the codec.
+"""What a stored document must hold, worked out from PostgreSQL's own values without the encoder.
 
 ``cdc verify`` is the product's proof, so it must not share the exporter's encoding: a wrong
 mapping would then appear on both sides and compare equal. This module reads each column the
 plain way (psycopg's text-protocol loaders, or PostgreSQL's own output text) and states, under the
-type mapping's rules (README, "Type mapping"), the BSON value the document must hold, as pymongo
-decodes it. ``differences`` then compares a decoded document with it, value by value and type by
-type (an int32 is not an int64, 1.50 is not 1.5, NaN equals NaN, -0.0 is not 0.0).
+type mapping's rules (docs, "Type mapping"), the BSON value the document must hold, as pymongo
+decodes it: one rule per PostgreSQL type in ``TYPES``, from which everything here derives.
+``differences`` then compares a decoded document with it, value by value and type by type (an
+int32 is not an int64, 1.50 is not 1.5, NaN equals NaN, -0.0 is not 0.0).
 
-Nothing here imports ``cdc.codec``; the two are kept apart on purpose (a test breaks the codec and
-expects verify to notice).
+Nothing here imports ``cdc.encode`` or ``cdc.documents``; they are kept apart on purpose (an
+import-linter contract forbids it, and a test breaks the encoder and expects verify to notice).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import struct
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,65 +29,13 @@ from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from psycopg import sql
 
-_INT32 = frozenset({"smallint", "integer"})
-_FLOATS = frozenset({"real", "double precision"})
-# read as psycopg's own values (text protocol): exact for these types
-_LOADED = frozenset(
-    {"smallint", "integer", "bigint", "numeric", "real", "double precision", "boolean", "bytea", "uuid"}
-)
-_PLAIN_TEXT = frozenset({"text", "character varying", "character"})
-_TEMPORAL = frozenset({"date", "timestamp without time zone", "timestamp with time zone"})
-_JSON = frozenset({"json", "jsonb"})
 _DECIMAL128_DIGITS = 34
 _DECIMAL128_EXPONENTS = range(-6176, 6112)
 _JSON_MAX_DEPTH = 90
 _UTC = dt.UTC
 
 
-@dataclass(frozen=True)
-class ColumnRule:
-    """How one column is read for verify and what it must become: ``base`` is the final element type
-    (domains followed), ``array`` whether it is an array of it, ``enum`` whether it is an enum."""
-
-    name: str
-    base: str
-    array: bool
-    enum: bool = False
-
-
-def rules_for(table: Any, names: Sequence[str] | None = None) -> list[ColumnRule]:
-    """The rules of ``table``'s columns named ``names`` (default: every column), in that order
-    (``table`` is a ``cdc.tables.TableInfo``: its catalog description, domains followed)."""
-    by_name = {column.name: column for column in table.columns}
-    chosen = [column.name for column in table.columns] if names is None else list(names)
-    return [
-        ColumnRule(name, by_name[name].base_type, by_name[name].is_array, by_name[name].type_category == "E")
-        for name in chosen
-    ]
-
-
-def read_expression(rule: ColumnRule, ref: sql.Composable) -> sql.Composable:
-    """The SQL that reads a column for verify: the value itself where psycopg's loader is exact,
-    else PostgreSQL's output text (``format('%s', …)``; for arrays, the array's output text read back
-    as text[], which keeps each element's output text)."""
-    base = rule.base
-    if base == "money":
-        return sql.SQL("{}::numeric[]" if rule.array else "{}::numeric").format(ref)
-    if rule.enum:
-        return sql.SQL("{}::text::text[]").format(ref) if rule.array else _output_text(ref)
-    if rule.array:
-        if base in _LOADED:  # an array of a domain comes with the domain's array oid: read as the base's
-            return sql.SQL("{}::{}[]").format(ref, sql.SQL(base))
-        return sql.SQL("{}::text::text[]").format(ref)
-    if base in _LOADED or base in _PLAIN_TEXT:
-        return ref
-    return _output_text(ref)
-
-
-def _output_text(ref: sql.Composable) -> sql.Composable:
-    """The type's output text (``format`` calls the output function; ``::text`` may not: inet's cast
-    adds the netmask), NULL kept NULL (``format`` would give '')."""
-    return sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE format('%s', {v}) END").format(v=ref)
+# ---- what one value must become ------------------------------------------------------------------
 
 
 class _Fallback(Exception):
@@ -125,7 +74,8 @@ def _json(value: Any, depth: int) -> Any:
     return _json_number(value)
 
 
-def _json_expected(text: str) -> Any:
+def _json_expected(value: Any) -> Any:
+    text = str(value)
     try:
         parsed = json.loads(text, parse_float=decimal.Decimal, parse_int=int)
         _utf8(parsed)
@@ -177,9 +127,10 @@ class NumericText(str):
         return text
 
 
-def _temporal(text: str) -> Any:
+def _temporal(value: Any) -> Any:
     """A BSON date (UTC, milliseconds) from PostgreSQL's ISO text, or the text itself when the value is
     infinite or its year lies outside 1–9999 (BC years, five-digit years: ``fromisoformat`` refuses them)."""
+    text = str(value)
     if not text[:1].isdigit() or text.endswith(" BC"):
         return text
     try:
@@ -198,47 +149,183 @@ def _float4(value: float) -> float:
     return widened
 
 
+def _real(value: Any) -> float:
+    return _float4(float(value))
+
+
+def _numeric(value: decimal.Decimal) -> Any:
+    """Decimal128 when it holds the value exactly (digits and scale), else the value as a string."""
+    exact = _decimal128(value)
+    return exact if exact is not None else NumericText(value)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _doubles(value: list[Any]) -> list[float]:
+    return [float(item) for item in value]
+
+
+# ``to_json`` of a value as ``read_expression`` reads it (numbers parsed as Decimal) -> what psycopg's loader
+# would have returned, for the ``expected`` functions
+
+
+def _as_read(value: Any) -> Any:
+    return value
+
+
+def _decimal_of_json(value: Any) -> decimal.Decimal:
+    return decimal.Decimal(str(value))
+
+
+def _bytea_of_json(value: Any) -> bytes:
+    return bytes.fromhex(str(value)[2:])  # '\\x00ff'
+
+
+# ---- the rule table -------------------------------------------------------------------------------
+
+# a type's output text (``format`` calls the output function; ``::text`` may not: inet's cast adds the
+# netmask), NULL kept NULL (``format`` would give '')
+_OUTPUT_TEXT = "CASE WHEN {v} IS NULL THEN NULL ELSE format('%s', {v}) END"
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """How verify reads the values of one PostgreSQL type, and what a document must hold for them.
+
+    ``read`` and ``read_array`` are the SQL reading a column of the type, or an array of it, where ``{v}``
+    stands for the column ("{v}": as it is; for arrays, the array's output text read back as text[] keeps
+    each element's output text). ``expected`` maps one value as read (never None; each element, for an
+    array) to the BSON value pymongo decodes; ``from_json`` maps one value as ``to_json`` rendered it
+    (numbers as Decimal) to what psycopg's loader would have returned. ``element`` is the rule of the
+    elements of an array of the type, when it differs. ``extension`` is set for an extension's type: its
+    ``typcategory``, which a column must have for the rule to apply; such a type is matched in whichever
+    schema it was created in (``format_type`` qualifies it when that schema is not on the search path).
+    """
+
+    read: str = _OUTPUT_TEXT
+    read_array: str = "{v}::text::text[]"
+    expected: Callable[[Any], Any] = str
+    from_json: Callable[[Any], Any] = _as_read
+    element: TypeRule | None = None
+    extension: str | None = None
+
+
+def _loaded(name: str, expected: Callable[[Any], Any], from_json: Callable[[Any], Any] = _as_read) -> TypeRule:
+    """A type whose psycopg loader is exact: the value itself (an array of a domain comes with the domain's
+    array oid: read as the base type's)."""
+    return TypeRule("{v}", f"{{v}}::{name}[]", expected, from_json)
+
+
+# the output text, as a string: enums, and every type outside the table
+OUTPUT_TEXT = TypeRule()
+_PLAIN_TEXT = TypeRule("{v}", "{v}::text::text[]")
+_TEMPORAL = TypeRule(expected=_temporal)
+_JSON = TypeRule(expected=_json_expected)
+
+TYPES: dict[str, TypeRule] = {
+    # format_type of the base type: TypeRule(read, read_array, expected, from_json, element, extension)
+    "smallint": _loaded("smallint", int, int),
+    "integer": _loaded("integer", int, int),
+    "bigint": _loaded("bigint", Int64, int),
+    "numeric": _loaded("numeric", _numeric, _decimal_of_json),
+    "money": TypeRule("{v}::numeric", "{v}::numeric[]", _numeric, _decimal_of_json),
+    # the real that PostgreSQL holds, widened exactly (its text is only the shortest round-trip form)
+    "real": _loaded("real", _real, float),
+    "double precision": _loaded("double precision", float, float),
+    "boolean": _loaded("boolean", bool),
+    "bytea": _loaded("bytea", bytes, _bytea_of_json),
+    "uuid": _loaded("uuid", _uuid),
+    "text": _PLAIN_TEXT,
+    "character varying": _PLAIN_TEXT,
+    "character": _PLAIN_TEXT,
+    "date": _TEMPORAL,
+    "timestamp without time zone": _TEMPORAL,
+    "timestamp with time zone": _TEMPORAL,
+    "json": _JSON,
+    "jsonb": _JSON,
+    # pgvector: each float4 element widened exactly (as float8, whose text is exact), an array of doubles;
+    # an array of vectors holds their output text
+    "vector": TypeRule(
+        "{v}::real[]::double precision[]", "{v}::text::text[]", _doubles, float, element=OUTPUT_TEXT, extension="U"
+    ),
+}
+
+
+def type_rule(base: str, category: str) -> TypeRule:
+    """The rule of a base type (``format_type``) of ``typcategory`` ``category``."""
+    if category == "E":
+        return OUTPUT_TEXT
+    rule = TYPES.get(base)
+    if rule is None:  # maybe an extension's type, qualified by its schema ("ext".vector)
+        rule = TYPES.get(base.rsplit(".", 1)[-1])
+        if rule is None or rule.extension is None:
+            return OUTPUT_TEXT
+    if rule.extension is not None and rule.extension != category:
+        return OUTPUT_TEXT  # another type of that name
+    return rule
+
+
+# ---- columns ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """How one column is read for verify and what it must become: ``base`` is the final element type
+    (domains followed), ``array`` whether it is an array of it, ``read`` the SQL reading it (``{v}``: the
+    column), ``each`` the rule of each of its values (of each element, for an array)."""
+
+    name: str
+    base: str
+    array: bool
+    read: str
+    each: TypeRule
+
+
+def rules_for(table: Any, names: Sequence[str] | None = None) -> list[ColumnRule]:
+    """The rules of ``table``'s columns named ``names`` (default: every column), in that order
+    (``table`` is a ``cdc.capture.tables.TableInfo``: its catalog description, domains followed)."""
+    by_name = {column.name: column for column in table.columns}
+    chosen = [column.name for column in table.columns] if names is None else list(names)
+    rules = []
+    for name in chosen:
+        column = by_name[name]
+        rule = type_rule(column.base_type, column.type_category)
+        if column.is_array:
+            rules.append(ColumnRule(name, column.base_type, True, rule.read_array, rule.element or rule))
+        else:
+            rules.append(ColumnRule(name, column.base_type, False, rule.read, rule))
+    return rules
+
+
+def read_expression(rule: ColumnRule, ref: sql.Composable) -> sql.Composable:
+    """The SQL that reads a column for verify."""
+    return ref if rule.read == "{v}" else sql.SQL(rule.read).format(v=ref)
+
+
 def expected_value(rule: ColumnRule, value: Any) -> Any:
     """What the document holds for one column value (``value`` as ``read_expression`` read it)."""
     if value is None:
         return None
     if rule.array:
-        element = ColumnRule(rule.name, rule.base, False, rule.enum)
-        return _each(value, element)
-    return _scalar(rule, value)
+        return _each(value, rule.each.expected)
+    return rule.each.expected(value)
 
 
-def _each(value: list[Any], element: ColumnRule) -> list[Any]:
-    return [None if item is None else _each(item, element) if isinstance(item, list) else _scalar(element, item)
+def _each(value: list[Any], expected: Callable[[Any], Any]) -> list[Any]:
+    return [None if item is None else _each(item, expected) if isinstance(item, list) else expected(item)
             for item in value]  # fmt: skip
 
 
-def _scalar(rule: ColumnRule, value: Any) -> Any:
-    base = rule.base
-    if rule.enum:
-        return str(value)
-    if base in _INT32:
-        return int(value)
-    if base == "bigint":
-        return Int64(value)
-    if base in ("numeric", "money"):
-        exact = _decimal128(value)
-        return exact if exact is not None else NumericText(value)
-    if base == "real":
-        return _float4(float(value))
-    if base == "double precision":
-        return float(value)
-    if base == "boolean":
-        return bool(value)
-    if base == "bytea":
-        return bytes(value)
-    if base == "uuid":
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    if base in _TEMPORAL:
-        return _temporal(str(value))
-    if base in _JSON:
-        return _json_expected(str(value))
-    return str(value)
+def from_json(rule: ColumnRule, value: Any) -> Any:
+    """A column value as PostgreSQL's ``to_json`` of ``read_expression`` gave it (numbers parsed as
+    Decimal), turned into what psycopg's loader would have returned, for ``expected_value``."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [from_json(rule, item) for item in value]
+    return rule.each.from_json(value)
 
 
 def expected_id(rules: Sequence[ColumnRule], key: Sequence[Any]) -> Any:
@@ -340,27 +427,6 @@ def differences(stored: dict[str, Any], expected: dict[str, Any]) -> Iterator[Fi
     if present != wanted:
         first = next(index for index, (a, b) in enumerate(zip(present, wanted, strict=True)) if a != b)
         yield FieldDifference(f"(field order at {present[first]})", wanted[first], present[first])
-
-
-def from_json(rule: ColumnRule, value: Any) -> Any:
-    """A column value as PostgreSQL's ``to_json`` of ``read_expression`` gave it (numbers parsed as
-    Decimal), turned into what psycopg's loader would have returned, for ``expected_value``."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [from_json(rule, item) for item in value]
-    base = rule.base
-    if rule.enum:
-        return value
-    if base in ("numeric", "money"):
-        return decimal.Decimal(str(value))
-    if base in _FLOATS:
-        return float(value)
-    if base in _INT32 or base == "bigint":
-        return int(value)
-    if base == "bytea":
-        return bytes.fromhex(str(value)[2:])
-    return value
 
 
 def where_differs(stored: Any, wanted: Any, path: str = "") -> str | None:

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cdc.capture.tables import Column
-from cdc.encode.codec import RowEncoder, select_expression
+from cdc.encode.codec import RowEncoder
+from cdc.encode.types import select_expression
 from cdc.infra import pg
 from tests.unit.test_codec import (
     I64_MAX,

@@ -74,9 +74,18 @@ def test_domains_of_any_depth_map_as_their_base_type_and_verify_agrees(env, cdc)
     assert doc["days"][1] == "infinity"
 
 
+_CONVERT = """\
+import dataclasses
+import cdc.encode.types as types
+def convert(name, function):
+    types.TYPES[name] = dataclasses.replace(types.TYPES[name], convert=function)
+"""
+
+
 def _snapshot_with_codec(env: dict[str, str], patch: str) -> subprocess.CompletedProcess[str]:
-    """`cdc snapshot` in a child process whose codec has been broken by ``patch``."""
-    program = f"import cdc.codec as codec\n{patch}\nfrom cdc.cli import main\nmain(['snapshot'])\n"
+    """`cdc snapshot` in a child process whose codec has been broken by ``patch`` (``convert(type, function)``
+    replaces the converter of that type's rule)."""
+    program = f"{_CONVERT}{patch}\nfrom cdc.cli import main\nmain(['snapshot'])\n"
     return subprocess.run(
         [sys.executable, "-c", program], env=clean_env(env), capture_output=True, text=True, check=False, timeout=300
     )
@@ -86,11 +95,11 @@ def _snapshot_with_codec(env: dict[str, str], patch: str) -> subprocess.Complete
     ("patch", "column"),
     [
         # numeric (domains included) written as a string instead of Decimal128
-        ("codec._CONVERTERS['numeric'] = lambda value: str(value)", "p"),
+        ("convert('numeric', lambda value: str(value))", "p"),
         # a real widened through its text (1.1) instead of its exact float4 value
-        ("codec._CONVERTERS['real'] = lambda value: float(str(round(value, 6)))", "ratio"),
+        ("convert('real', lambda value: float(str(round(value, 6))))", "ratio"),
         # uuid as its text instead of binary subtype 04
-        ("codec._CONVERTERS['uuid'] = lambda value: str(value)", "ident"),
+        ("convert('uuid', lambda value: str(value))", "ident"),
     ],
 )
 def test_a_broken_codec_is_caught_naming_the_column(env, cdc, patch, column):
