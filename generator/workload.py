@@ -55,6 +55,7 @@ class Workload:
         duration: float | None,
         seed: int = 1,
         long_transactions: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         self.dsn = dsn
         self.rate = rate
@@ -63,7 +64,7 @@ class Workload:
         self.run_id = uuid.uuid4().hex[:8]  # unique names across runs with the same seed
         self.long_transactions = long_transactions
         self.stats = WorkloadStats()
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self._lock = threading.Lock()
         self._counter = 0
         self.max_ids: dict[str, int] = {}

@@ -55,14 +55,6 @@ def file_stem(collection: str) -> str:
     return f"{readable}-{digest}"
 
 
-_fsync_dir = durable.fsync_dir
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames and removals in ``path`` durable."""
-    _fsync_dir(path)
-
-
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
@@ -93,7 +85,7 @@ def publish(partial: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.rename(partial, final)
-    _fsync_dir(final.parent)
+    durable.fsync_dir(final.parent)
 
 
 @dataclass
@@ -131,7 +123,8 @@ class BatchWriter:
         entry = self._files.get((collection, op))
         if entry is None:
             name = f"{file_stem(collection)}.{op}.jsonl" if op != "rejected" else REJECTED
-            fd = os.open(self.partial / f".{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | durable.binary_flag()  # Windows: no \r\n
+            fd = os.open(self.partial / f".{name}.tmp", flags, 0o600)
             entry = _OpenFile(name, collection, op, os.fdopen(fd, "wb", buffering=1 << 20))
             self._files[(collection, op)] = entry
         return entry
@@ -190,7 +183,7 @@ class BatchWriter:
                 "lines": entry.lines,
                 "sha256": entry.digest.hexdigest(),
             }
-        _fsync_dir(self.partial)
+        durable.fsync_dir(self.partial)
         manifest = {
             "format": FORMAT_VERSION,
             "batch": self.batch_id,

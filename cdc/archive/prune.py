@@ -146,7 +146,7 @@ def execute(conn: psycopg.Connection[Any], archive_dir: Path, chosen: PrunePlan)
                 item.size,
                 extra={"action": "prune", "batch": item.batch_id},
             )
-    archive.fsync_dir(archive_dir)
+    durable.fsync_dir(archive_dir)
     with pg.translated("dropping the ledger's changes of pruned batches"):
         ledger.release_changes(conn, ids)
         conn.commit()

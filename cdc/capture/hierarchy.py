@@ -234,7 +234,7 @@ def reconcile(conn: psycopg.Connection[Any], found: Sequence[Drift]) -> list[str
     """Bring every root named in ``found`` in step, in one transaction; returns what was done."""
     done: list[str] = []
     with pg.translated("capturing changed partitions"), conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [ledger.INSTALL_LOCK_KEY])
         for root_relid in sorted({item.root for item in found}):
             root = tables.describe(conn, root_relid)
             notify = catalog.notify(conn, root_relid)
@@ -294,9 +294,6 @@ def _name(conn: psycopg.Connection[Any], relid: int) -> str:
     return str(row[0]) if row else f"<dropped table oid {relid}>"
 
 
-INSTALL_LOCK_KEY = ledger.INSTALL_LOCK_KEY
-
-
 def _register(conn: psycopg.Connection[Any], table: TableInfo, notify: bool, set_exclusions: bool) -> None:
     catalog.register_table(
         conn,
@@ -335,15 +332,14 @@ class Watch:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = pg.Reconnecting(dsn, autocommit=True)
         self._reported: tuple[Drift, ...] = ()
 
     def check(self) -> list[str]:
         """Reconcile any drift; returns what was done (empty when in step or not allowed)."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = pg.connect(self.dsn, autocommit=True)
+        conn = self._session.get()
         try:
-            found = drift(self._conn)
+            found = drift(conn)
         except PostgresUnavailable:
             self.close()  # reconnect next time
             raise
@@ -356,14 +352,14 @@ class Watch:
             self._reported = ()
             return []
         try:
-            done = reconcile(self._conn, found)
+            done = reconcile(conn, found)
         except PostgresUnavailable:
             self.close()
             raise
         except PostgresError as exc:
             if tuple(found) != self._reported:
                 self._reported = tuple(found)
-                for line in problems(self._conn):
+                for line in problems(conn):
                     log.warning("%s (the worker cannot do it itself: %s)", line, exc, extra={"action": "hierarchy"})
             return []
         self._reported = ()
@@ -372,6 +368,4 @@ class Watch:
         return done
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._session.close()

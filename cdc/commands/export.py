@@ -61,9 +61,10 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
     stop = shutdown.install_handlers()
     dsn = settings.pg_dsn()
     totals = [0, 0]  # batches, changes
-    conn = exporter.drain_connection(dsn)
+    session = exporter.DrainSession(dsn)  # made again after a fault broke it
     shapes = rebuild.Watch(dsn)  # migrations followed, and their rebuilds enqueued, as the worker does
     try:
+        conn = session.get()
         capture.require_installed(conn)
         exporter.recover_partials(conn, settings.archive_dir)
         epoch.align(dsn, None, settings.archive_dir)  # a re-install never reuses the archive's batch ids
@@ -77,11 +78,10 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
             while not stop.is_set():
                 try:
                     if backoff.failing:  # a fresh connection, and any batch a failed publish left behind
-                        conn.close()
-                        conn = exporter.drain_connection(dsn)
-                        exporter.recover_partials(conn, settings.archive_dir)
+                        session.close()
+                        exporter.recover_partials(session.get(), settings.archive_dir)
                     shapes.check()
-                    _drain(conn, settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
+                    _drain(session.get(), settings, batch_size=batch_size, up_to=None, stop=stop, totals=totals)
                 except TRANSIENT as exc:  # (no MongoDB and no worker lock here: PostgreSQL or the archive)
                     backoff.failed(exc)
                     backoff.wait()
@@ -90,7 +90,7 @@ def export(settings: Settings, once: bool, batch_size: int, interval: float) -> 
                 stop.wait(interval)
     finally:
         shapes.close()
-        conn.close()
+        session.close()
     click.echo(f"exported {totals[1]} changes in {totals[0]} batches to {settings.archive_dir}")
     if once and stop.is_set():
         raise CdcError("stopped by a signal before the outbox was drained: the rest waits for the next run")

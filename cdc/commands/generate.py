@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
 
 from cdc.commands.options import settings_options
 from cdc.demo import orininu
-from cdc.infra import pg
+from cdc.infra import pg, shutdown
 from cdc.infra.config import Settings
 from generator import csv_io, load
 from generator.sizes import NAMED_SCALES, counts_for, parse_scale
@@ -75,15 +74,9 @@ def workload(settings: Settings, rate: float, duration: float, seed: int, no_lon
         duration=duration or None,
         seed=seed,
         long_transactions=not no_long_transactions,
+        stop=shutdown.install_handlers(),  # Ctrl-C or SIGTERM: the transactions under way finish, then it stops
     )
-    previous = signal.signal(signal.SIGTERM, lambda *_: live.stop.set())
-    try:
-        stats = live.run()
-    except KeyboardInterrupt:
-        live.stop.set()
-        stats = live.stats
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    stats = live.run()
     click.echo(
         f"workload: {stats.changes} changes in {stats.transactions} transactions over {stats.seconds:.1f}s "
         f"= {stats.rate:.1f} changes/s (target {rate:g}); {stats.failures} failed transactions"

@@ -10,9 +10,10 @@ from cdc.archive.prune import describe_ids
 from cdc.commands.connect import applier as _applier
 from cdc.commands.options import settings_options
 from cdc.export import snapshot
+from cdc.infra import shutdown
 from cdc.infra.config import Settings
 from cdc.infra.errors import Interrupted
-from cdc.usecases.snapshot import Snapshot, StopRequest
+from cdc.usecases.snapshot import Snapshot
 
 
 @click.command(name="snapshot")
@@ -68,20 +69,24 @@ def snapshot_command(
     is running). No indexes are created.
     """
     names = [name.strip() for name in collection_list.split(",")] if collection_list else None
-    stop = StopRequest().install()
+    # the first SIGINT/SIGTERM stops after the current page or batch, a second at once (nothing is lost either way)
+    stop = shutdown.install_handlers(
+        notice="cdc: stopping the snapshot after the current page or batch (again to stop at once)",
+        again_stops_at_once=True,
+    )
     run = Snapshot(
         settings.pg_dsn(),
         settings.archive_dir,
         None if export_only else _applier(settings),
         batch_size=batch_size,
-        stop=stop.event,
+        stop=stop,
         notice=lambda line: click.echo(line, err=True),
     )
     try:
         outcome = run.run(names, restart=restart)
     except (Interrupted, KeyboardInterrupt):
         _interrupted(run, collection_list)
-        raise click.exceptions.Exit(stop.exit_code) from None
+        raise click.exceptions.Exit(shutdown.exit_code()) from None
     if outcome.exported is not None:
         exported = outcome.exported
         span = f" ({describe_ids(exported.batches)})" if exported.batches else ""

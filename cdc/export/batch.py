@@ -29,12 +29,14 @@ import psycopg
 from psycopg import sql
 
 from cdc.archive import folders as archive
+from cdc.archive.batch_log import log_fields
 from cdc.archive.folders import BatchWriter
 from cdc.capture import mapping, row_security, tables
 from cdc.capture.tables import TableInfo
 from cdc.capture.triggers import cast_key
 from cdc.documents import build as documents
-from cdc.encode.codec import RowEncoder, select_expression
+from cdc.encode.codec import RowEncoder
+from cdc.encode.types import select_expression
 from cdc.infra import faults, pg
 from cdc.infra.errors import (
     ArchiveWriteError,
@@ -47,7 +49,6 @@ log = logging.getLogger("cdc.export")  # the name users filter on, kept across t
 
 INT64_MAX = 2**63 - 1
 Fence = Callable[[psycopg.Connection[Any]], None]
-EXPORT_LOCK_KEY = ledger.EXPORT_LOCK_KEY
 _FETCH = 5_000
 LIBPQ_CHUNKED_ROWS = 170000  # libpq 17: PQsetChunkedRowsMode
 
@@ -70,28 +71,22 @@ class ExportedBatch:
 BATCH_SIZE = 50_000  # keys per batch unless told (`cdc run`, `cdc export`; a snapshot's are smaller)
 
 
+def repeatable_read(conn: psycopg.Connection[Any]) -> None:
+    """A drain connection's isolation level: a batch is read in one snapshot."""
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+
 def drain_connection(dsn: str) -> psycopg.Connection[Any]:
     conn = pg.connect(dsn)
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    repeatable_read(conn)
     return conn
 
 
-class DrainSession:
+class DrainSession(pg.Reconnecting):
     """A ``drain_connection`` made on first use, and made again once it was closed or broke."""
 
     def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def get(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = drain_connection(self.dsn)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        super().__init__(dsn, configure=repeatable_read)
 
 
 def _claim(
@@ -245,14 +240,14 @@ def _exclusive_turn(conn: psycopg.Connection[Any]) -> Iterator[None]:
     The lock is taken in its own transaction, so the batch's snapshot starts after it is granted;
     a dropped connection releases it.
     """
-    conn.execute("SELECT pg_advisory_lock(%s)", [EXPORT_LOCK_KEY])
+    conn.execute("SELECT pg_advisory_lock(%s)", [ledger.EXPORT_LOCK_KEY])
     conn.commit()
     try:
         yield
     finally:
         if not conn.closed and not conn.broken:
             conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s)", [EXPORT_LOCK_KEY])
+            conn.execute("SELECT pg_advisory_unlock(%s)", [ledger.EXPORT_LOCK_KEY])
             conn.commit()
 
 
@@ -320,15 +315,15 @@ def export_batch(
     exported = ExportedBatch(
         batch_id, path, changes, positions[0], positions[-1], manifest_counts, time.perf_counter() - started
     )
-    fields = {
-        "batch": batch_id,
-        "changes": exported.changes,
-        "upserts": sum(c.get("upsert", 0) for c in manifest_counts.values()),
-        "deletes": sum(c.get("delete", 0) for c in manifest_counts.values()),
-        "rejected": exported.rejected,
-        "seconds": round(exported.seconds, 6),
-        "collections": {name: dict(counter) for name, counter in manifest_counts.items()},
-    }
+    fields = log_fields(
+        batch_id,
+        changes=exported.changes,
+        upserts=sum(c.get("upsert", 0) for c in manifest_counts.values()),
+        deletes=sum(c.get("delete", 0) for c in manifest_counts.values()),
+        rejected=exported.rejected,
+        seconds=exported.seconds,
+        collections=manifest_counts,
+    )
     log.log(
         log_level,
         "batch %(batch)d: %(changes)d changes (%(upserts)d upserts, %(deletes)d deletes, %(rejected)d rejected)"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from cdc.infra.errors import LockBusy, PostgresError, PostgresUnavailable, ShapeChanged
 from cdc.infra.redact import redact, register_secret, secrets_in
@@ -58,6 +59,66 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
         if sqlstate[:2] in ("28", "3D"):  # bad credentials or no such database: retrying will not help
             raise PostgresError(f"cannot connect to PostgreSQL: {describe(exc)}") from None
         raise PostgresUnavailable(f"cannot connect to PostgreSQL: {describe(exc)}") from None
+
+
+class Reconnecting:
+    """One connection, opened by ``connect`` on first use and opened again once the last one was closed
+    or broke (psycopg_pool's connect path, for a single connection held by one user).
+
+    ``configure`` runs on each new connection before it is handed out (the session's isolation level,
+    a ``statement_timeout``, …); it must leave the connection idle. When it raises, the new connection
+    is closed and the error propagates, as do ``connect``'s (``PostgresUnavailable``, ``PostgresError``):
+    the next ``get`` tries again."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        configure: Callable[[psycopg.Connection[Any]], None] | None = None,
+        autocommit: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """``autocommit`` and ``kwargs`` (``connect_timeout``, …) go to ``connect``."""
+        self.dsn = dsn
+        self.configure = configure
+        self.autocommit = autocommit
+        self.kwargs = kwargs
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether ``get`` hands out the connection it holds (False: it opens a new one)."""
+        return self._conn is not None and not self._conn.closed and not self._conn.broken
+
+    def get(self) -> psycopg.Connection[Any]:
+        """The connection, opened (and configured) again when there is none or it was closed or broke."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self.close()  # (a broken one: its socket)
+        conn = connect(self.dsn, autocommit=self.autocommit, **self.kwargs)
+        if self.configure is not None:
+            try:
+                self._configure(conn, self.configure)
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return conn
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any], configure: Callable[[psycopg.Connection[Any]], None]) -> None:
+        configure(conn)
+        status = conn.pgconn.transaction_status
+        if status != TransactionStatus.IDLE:
+            raise psycopg.ProgrammingError(
+                f"connection left in status {TransactionStatus(status).name} by its configure function"
+            )
+
+    def close(self) -> None:
+        """Close the connection; the next ``get`` opens a new one."""
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
 
 
 @contextlib.contextmanager

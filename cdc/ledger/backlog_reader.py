@@ -28,30 +28,23 @@ class BacklogReader:
         self.dsn = dsn
         self.statement_timeout = statement_timeout
         self.on_error = on_error
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = pg.Reconnecting(dsn, autocommit=True, connect_timeout=5, configure=self._configure)
         self._lock = threading.Lock()  # concurrent scrapes share the connection
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        if self.statement_timeout is not None:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", [self.statement_timeout])
 
     def __call__(self) -> Backlog | None:
         with self._lock:
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                    if self.statement_timeout is not None:
-                        self._conn.execute(
-                            "SELECT set_config('statement_timeout', %s, false)", [self.statement_timeout]
-                        )
-                return backlog(self._conn)
+                return backlog(self._session.get())
             except (CdcError, psycopg.Error) as exc:  # CdcError messages are redacted: no password
                 if self.on_error is not None:
                     self.on_error(pg.describe(exc) if isinstance(exc, psycopg.Error) else str(exc))
-                self._close()
+                self._session.close()
                 return None
-
-    def _close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
 
     def close(self) -> None:
         with self._lock:
-            self._close()
+            self._session.close()

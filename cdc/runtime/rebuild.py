@@ -143,7 +143,7 @@ class Watch:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = pg.Reconnecting(dsn)
         self._reported: set[str] = set()
         self.pending = False  # rebuild pages are left: the next cycle should not wait
         # relid → why the worker cannot follow it (recorded in cdc.worker_state for `cdc status`)
@@ -154,7 +154,7 @@ class Watch:
         """Capture new tables of captured schemas, follow migrations, advance rebuilds; returns what was
         done. A connection that broke since the last cycle is made again once (so a server that went
         away reads as "cannot connect", the same line as elsewhere)."""
-        fresh = self._conn is None or self._conn.closed or self._conn.broken
+        fresh = not self._session.live
         try:
             return self._check(pages)
         except PostgresUnavailable:
@@ -164,9 +164,7 @@ class Watch:
             return self._check(pages)
 
     def _check(self, pages: int | None) -> list[str]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = pg.connect(self.dsn)
-        conn = self._conn
+        conn = self._session.get()
         done: list[str] = []
         try:
             done += self._capture_new(conn)
@@ -263,6 +261,4 @@ class Watch:
             log.warning("%s", line, extra={"action": "reshape"})
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._session.close()

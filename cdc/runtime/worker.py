@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from cdc.archive import folders as archive
+from cdc.archive.batch_log import log_fields
 from cdc.capture import hierarchy
 from cdc.export import batch as export
 from cdc.infra import faults, pg
@@ -153,16 +154,17 @@ class Worker:
             self.metrics.batch_applied(result, seconds)
         if self._progress is not None:
             self._progress.update(result.upserted + result.deleted + result.stale)
-        fields = {
-            "batch": batch_id,
-            "upserts": result.upserted,
-            "deletes": result.deleted,
-            "stale": result.stale,
-            "truncated": result.truncated,
-            "retries": result.retries,
-            "seconds": round(seconds, 4),
-            "collections": {name: dict(counts) for name, counts in result.by_collection.items()},
-        }
+        fields = log_fields(
+            batch_id,
+            upserts=result.upserted,
+            deletes=result.deleted,
+            stale=result.stale,
+            truncated=result.truncated,
+            retries=result.retries,
+            seconds=seconds,
+            digits=4,
+            collections=result.by_collection,
+        )
         log.log(
             self.batch_log_level,
             "batch %(batch)d applied: %(upserts)d upserts, %(deletes)d deletes, %(stale)d stale, "

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,45 +19,19 @@ from cdc.capture import row_security
 from cdc.export import batch as export
 from cdc.export import snapshot, snapshot_resume
 from cdc.export.snapshot import Target
-from cdc.infra import pg, shutdown
+from cdc.infra import pg
 from cdc.infra.errors import CdcError, ConfigError, Interrupted, PostgresError
 from cdc.infra.progress import Progress, track
 from cdc.ledger import queries as ledger
 from cdc.runtime.worker import Worker
-from cdc.sinks.mongo import client as mongo
-from cdc.sinks.mongo import epoch
-from cdc.sinks.mongo.applier import Applier
+from cdc.sinks import epoch
+from cdc.sinks.base import Sink
 
 if TYPE_CHECKING:
     from cdc.runtime.metrics import Metrics
 
 # its progress lines keep the command's logger name, what users filter on
 log = logging.getLogger("cdc.commands.snapshot")
-
-
-class StopRequest:
-    """SIGINT/SIGTERM during a snapshot: the first asks it to stop after the current page or batch,
-    a second stops it at once (``KeyboardInterrupt``; nothing is lost either way)."""
-
-    def __init__(self) -> None:
-        self.event = shutdown.REQUESTED
-        self.signum: int | None = None
-
-    def install(self) -> StopRequest:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.event.set()
-        os.write(2, b"cdc: stopping the snapshot after the current page or batch (again to stop at once)\n")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
 
 
 @dataclass
@@ -114,15 +86,16 @@ SWEEP_WAIT_S = 10  # how long a snapshot waits for the transactions open at its 
 
 
 class Snapshot:
-    """One snapshot run. ``applier`` None: export only (no MongoDB). ``notice`` gets the lines meant
-    for the user while it runs (a continued snapshot); ``metrics`` and ``batch_log_level`` go to its
-    worker. When another worker holds the lock, the keys are left to it, unless ``wait_for_lock``."""
+    """One snapshot run into ``sink`` (MongoDB); None: export only (archive batches, no target).
+    ``notice`` gets the lines meant for the user while it runs (a continued snapshot); ``metrics`` and
+    ``batch_log_level`` go to its worker. When another worker holds the lock, the keys are left to it,
+    unless ``wait_for_lock``."""
 
     def __init__(
         self,
         dsn: str,
         archive_dir: Path,
-        applier: Applier | None,
+        sink: Sink | None,
         *,
         batch_size: int = snapshot.BATCH_SIZE,
         stop: threading.Event | None = None,
@@ -133,14 +106,14 @@ class Snapshot:
     ) -> None:
         self.dsn = dsn
         self.archive_dir = archive_dir
-        self.applier = applier
+        self.sink = sink
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.notice = notice
         self.metrics = metrics
         self.batch_log_level = batch_log_level
         self.wait_for_lock = wait_for_lock
-        self.mode = "export" if applier is None else "apply"
+        self.mode = "export" if sink is None else "apply"
         self.chosen: list[Target] = []  # known once ``run`` has read the catalog
         # a position drawn before the first page of a snapshot that starts afresh: once every page is
         # applied, a document below it is one of a row that is gone (deleted while nothing captured it:
@@ -152,8 +125,8 @@ class Snapshot:
         with pg.connect(self.dsn) as conn:
             capture.require_installed(conn)
             # before this snapshot takes a position or a batch id (a re-install; export only: the archive's)
-            epoch.align(self.dsn, self.applier.database if self.applier is not None else None, self.archive_dir)
-            if self.applier is None and ledger.worker_running(conn):
+            epoch.align(self.dsn, self.sink, self.archive_dir)
+            if self.sink is None and ledger.worker_running(conn):
                 raise ConfigError(
                     "a `cdc run` worker is running: it drains this outbox into MongoDB, so run `cdc snapshot`"
                     " without --export-only"
@@ -163,19 +136,19 @@ class Snapshot:
             read = [t.table for t in self.chosen] + [n.table for t in self.chosen if t.mapped for n in t.mapped.nodes()]
             row_security.refuse(conn, read, "a snapshot would silently leave out the rows it cannot see")
             keys, fast = self._enqueue(conn, restart=restart)
-        if self.applier is not None and self.sweep_below is not None:
+        if self.sink is not None and self.sweep_below is not None:
             self._leave_sweeps(self.sweep_below, fast)
         outcome = Outcome(len(self.chosen), keys)
-        if self.applier is None:
+        if self.sink is None:
             outcome.exported = self._export()
         else:
-            self._apply(self.applier, outcome, fast)
+            self._apply(self.sink, outcome, fast)
         if not outcome.handed_over:
             self._stopped()
         with pg.connect(self.dsn) as conn:
             snapshot_resume.forget(conn, self.chosen)  # done, or every key enqueued for the running worker
-        if self.applier is not None:
-            epoch.refuse_mostly_stale(*outcome.own, database=self.applier.database.name)
+        if self.sink is not None:
+            epoch.refuse_mostly_stale(*outcome.own, sink=self.sink)
         return outcome
 
     def left(self) -> str:
@@ -209,22 +182,16 @@ class Snapshot:
                 )
         if (plan is None or not plan.resuming) and self._anything_to_sweep():
             self.sweep_below = self._sweep_position(conn)
-        database = self.applier.database if self.applier is not None else None
         with track("enqueue", unit="keys", scale=True, logger=log) as progress:
-            return snapshot.prepare_targets(conn, database, self.chosen, progress, plan=plan, stop=self.stop)
+            return snapshot.prepare_targets(conn, self.sink, self.chosen, progress, plan=plan, stop=self.stop)
 
     def _anything_to_sweep(self) -> bool:
         """Whether a collection of this snapshot holds documents already (none to sweep in an empty one,
         and none without MongoDB: --export-only)."""
-        if self.applier is None:
+        if self.sink is None:
             return False
-        database = self.applier.database
-        with mongo.translated(f"counting the documents of MongoDB database {database.name}"):
-            existing = set(database.list_collection_names())
-            return any(
-                target.collection in existing and database[target.collection].estimated_document_count() > 0
-                for target in self.chosen
-            )
+        collections = [target.collection for target in self.chosen]
+        return bool(set(collections) - self.sink.empty_collections(collections))
 
     def _sweep_position(self, conn: psycopg.Connection[Any]) -> int | None:
         """The position below which, once every page is applied, a document is one of a row that is gone;
@@ -281,12 +248,12 @@ class Snapshot:
                 self.dsn, self.archive_dir, batch_size=self.batch_size, stop=self.stop, progress=progress
             )
 
-    def _apply(self, applier: Applier, outcome: Outcome, fast: set[str]) -> None:
+    def _apply(self, sink: Sink, outcome: Outcome, fast: set[str]) -> None:
         """Apply what was enqueued (and what an interrupted snapshot left) up to the outbox head now;
         when a running worker holds the lock, leave it to that worker."""
         worker = Worker(
             self.dsn,
-            applier,
+            sink,
             self.archive_dir,
             batch_size=self.batch_size,
             stop=self.stop,

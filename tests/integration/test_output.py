@@ -19,8 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.archive import folders as archive
-from cdc.export.batch import EXPORT_LOCK_KEY
-from cdc.ledger.queries import WORKER_LOCK
+from cdc.ledger.queries import EXPORT_LOCK_KEY, WORKER_LOCK
 from cdc.runtime.worker import Worker
 from cdc.sinks.mongo.applier import Applier
 from tests.fix_cli import clean_env, start_cdc
