@@ -85,7 +85,7 @@ def install(
     exclusions of every table installed here (an empty list clears them); when None, the stored
     exclusions stay. ``grant`` names the worker role to grant what it needs.
 
-    ``mapping_file`` is (filename, TOML text) of a document model (``cdc.mapping``), or
+    ``mapping_file`` is (filename, TOML text) of a document model (``cdc.capture.mapping``), or
     (``"none"``, "") to remove the installed one; None keeps what is installed. With a model and no
     ``table_names``, the model's tables are captured. The names of the collections whose shape
     changed are appended to ``reshaped``. Everything happens in one transaction: a refused table, an

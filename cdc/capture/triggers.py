@@ -83,7 +83,7 @@ def _guarded(names: Sequence[str], static: sql.Composable, kind: str, root_relid
     """``static`` while every column it names still exists in the table the trigger fired on; else the
     statement ``cdc.capture_statement`` builds from the catalog as it is now (a renamed or dropped
     column), so that no migration makes an application's write fail. The worker writes the function
-    again at its next cycle (``cdc.reshape``), and the static path is back."""
+    again at its next cycle (``cdc.capture.reshape``), and the static path is back."""
     return sql.SQL(
         "IF (SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = TG_RELID"
         " AND attname = ANY({names}::name[]) AND NOT attisdropped) = {count} THEN {static};"

