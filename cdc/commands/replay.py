@@ -7,16 +7,15 @@ from pathlib import Path
 
 import click
 
-from cdc.archive import folders as archive
-from cdc.archive.prune import ReplayGaps, check_replay, describe_ids
+from cdc.archive.prune import ReplayGaps, describe_ids
 from cdc.capture import install as capture
 from cdc.commands.connect import applier as _applier
 from cdc.commands.options import settings_options
 from cdc.infra import pg
 from cdc.infra.config import Settings
 from cdc.infra.errors import CdcError, ConfigError
-from cdc.infra.progress import track
 from cdc.ledger import queries as ledger
+from cdc.usecases import replay as usecase
 
 log = logging.getLogger(__name__)
 
@@ -84,31 +83,15 @@ def replay(settings: Settings, directory: Path, first: int | None, last: int | N
     has not applied. Ids burned by an interrupted export, and gaps that cannot be checked without
     the ledger, are warnings.
     """
-    applier = _applier(settings)
-    done = applier.applied_batches()
+    sink = _applier(settings)
     committed, unconsulted = _replay_ledger(settings, first, last)  # before the listing (see check_replay)
-    paths = [
-        path
-        for path in archive.batch_paths(directory)
-        if (first is None or int(path.name) >= first) and (last is None or int(path.name) <= last)
-    ]
-    gaps = check_replay(directory, [int(path.name) for path in paths], done, first, last, committed=committed)
-    _warn_gaps(directory, gaps, unconsulted)
-    batches = []
-    with track("check", total=len(paths), unit="batches", logger=log) as progress:
-        for path in paths:  # every checksum before the first write: a damaged batch stops it with nothing applied
-            progress.note(path.name)
-            batches.append(archive.read_batch(path))
-            progress.update(1)
-    applied = skipped = 0
-    with track("replay", total=len(batches), unit="batches", logger=log) as progress:
-        for batch in batches:
-            progress.note(batch.path.name)
-            if batch.batch_id in done and not force:
-                skipped += 1
-            else:
-                applier.apply(batch)
-                applier.mark_applied(batch.batch_id)
-                applied += 1
-            progress.update(1)
-    click.echo(f"replayed {applied} batches, skipped {skipped} already applied")
+    replayed = usecase.replay(
+        sink,
+        directory,
+        first=first,
+        last=last,
+        force=force,
+        committed=committed,
+        on_gaps=lambda gaps: _warn_gaps(directory, gaps, unconsulted),
+    )
+    click.echo(f"replayed {replayed.applied} batches, skipped {replayed.skipped} already applied")

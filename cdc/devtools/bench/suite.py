@@ -69,7 +69,7 @@ Report = dict[str, Any]
 # context for the targets, printed beside them: what the server alone charges for the applier's guard
 FLOORS = {"apply_guard_floor": "guarded ÷ unguarded ReplaceOne on this server: apply_vs_raw's floor"}
 ROUNDS = 2  # the short figures take the best of alternating rounds, on both sides alike
-# each figure: how it compares with its target (issue 7)
+# each figure: how it compares with its target
 TARGETS = {
     "capture_overhead_single": ("<=", 1.2),
     "capture_overhead_bulk_insert": ("<=", 1.5),
@@ -81,9 +81,9 @@ TARGETS = {
     "notify_latency_p99_ms": ("<=", 250),
     "incremental_vs_full": ("<=", 0.05),
     "export_rss_ratio": ("<=", 1.5),
-    # the document model (issue 14): a full rebuild's source rows/s against export_changes_per_s
+    # the document model: a full rebuild's source rows/s against export_changes_per_s
     "mapped_export_vs_export": (">=", 0.5),
-    # issue 15: verify of the same data against the snapshot that wrote it
+    # verify of the same data against the snapshot that wrote it
     "verify_vs_snapshot": ("<=", 0.5),
     "mapped_incremental_vs_full": ("<=", 0.05),
 }
