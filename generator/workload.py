@@ -64,7 +64,8 @@ class Workload:
         self.run_id = uuid.uuid4().hex[:8]  # unique names across runs with the same seed
         self.long_transactions = long_transactions
         self.stats = WorkloadStats()
-        self.stop = stop or threading.Event()
+        self.stop = threading.Event()  # ends the main loop and the side thread (set when ``run`` ends)
+        self._requested = stop  # the caller's stop request (a signal, say), only read
         self._lock = threading.Lock()
         self._counter = 0
         self.max_ids: dict[str, int] = {}
@@ -329,6 +330,8 @@ class Workload:
             if self.long_transactions:
                 side.start()
             while not self.stop.is_set():
+                if self._requested is not None and self._requested.is_set():
+                    break
                 elapsed = time.monotonic() - started
                 if self.duration is not None and elapsed >= self.duration:
                     break

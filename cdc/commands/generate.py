@@ -74,7 +74,8 @@ def workload(settings: Settings, rate: float, duration: float, seed: int, no_lon
         duration=duration or None,
         seed=seed,
         long_transactions=not no_long_transactions,
-        stop=shutdown.install_handlers(),  # Ctrl-C or SIGTERM: the transactions under way finish, then it stops
+        # Ctrl-C or SIGTERM: the transaction under way finishes, then it stops; a second one stops at once
+        stop=shutdown.install_handlers(again_stops_at_once=True),
     )
     stats = live.run()
     click.echo(

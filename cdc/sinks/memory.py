@@ -1,8 +1,11 @@
 """An in-memory ``Sink``: the same contract as MongoDB's, in dictionaries, for unit tests of the
 pipeline's ordering and retry logic (no server). It applies archive batches with the same rules as
 the MongoDB sink: a write whose version (``_cdc.pos``) is not above the stored one changes nothing
-(an upsert is counted stale), a truncate marker removes what is below its position. ``fail_next``
-makes the next ``apply`` raise after a given number of writes, to test what a retry must repair."""
+(an upsert is counted stale), a truncate marker removes what is below its position; the counts are the
+MongoDB sink's (documents written, deleted, refused as stale; lines per collection and op). A stored
+document without ``_cdc.pos`` is matched by no guard, as in MongoDB (``$lt`` does not match a missing
+field): truncates, sweeps and deletes keep it, and an upsert over it fails. ``fail_next`` makes the
+next ``apply`` raise after a given number of writes, to test what a retry must repair."""
 
 from __future__ import annotations
 
@@ -14,19 +17,27 @@ import bson
 
 from cdc.archive import folders as archive
 from cdc.encode.extjson import parse_line
+from cdc.infra.errors import CdcError
 from cdc.sinks.base import ApplyStats, Held, Sink
 
 Document = dict[str, Any]
 
 
-def _pos(document: Document) -> int:
+def _pos(document: Document) -> int | None:
+    """The document's ``_cdc.pos``; None when it has none (written outside the pipeline)."""
     try:
         return int(document["_cdc"]["pos"])
     except (KeyError, TypeError):
-        return -1
+        return None
 
 
-def _key(document_id: Any) -> bytes:
+def _below(document: Document, pos: int) -> bool:
+    """Whether ``{"_cdc.pos": {"$lt": pos}}`` matches ``document``."""
+    found = _pos(document)
+    return found is not None and found < pos
+
+
+def document_key(document_id: Any) -> bytes:
     """MongoDB's equality of ``_id`` values: their BSON (a document's field order counts)."""
     return bson.encode({"_id": document_id})
 
@@ -75,7 +86,7 @@ class MemorySink:
         self.version = max(self.version, archive.top_version(batch.manifest))
         for marker in batch.manifest["truncates"]:
             stored = self.collections.setdefault(marker["collection"], {})
-            below = [key for key, document in stored.items() if _pos(document) < int(marker["pos"])]
+            below = [key for key, document in stored.items() if _below(document, int(marker["pos"]))]
             for key in below:
                 del stored[key]
             stats.truncated += len(below)
@@ -88,21 +99,26 @@ class MemorySink:
                         continue
                     wrote()
                     document = parse_line(line)
-                    key = _key(document["_id"])
+                    key = document_key(document["_id"])
                     current = stored.get(key)
-                    newer = current is None or _pos(current) < _pos(document)
+                    pos = _pos(document)
+                    guard_matches = current is not None and pos is not None and _below(current, pos)
                     if op == "delete":
-                        if current is not None and newer:
+                        if guard_matches:
                             del stored[key]
-                        stats.deleted += 1
-                        stats.count(collection, "deleted")
-                    elif newer:
+                            stats.deleted += 1
+                    elif current is None or guard_matches:
                         stored[key] = document
                         stats.upserted += 1
-                        stats.count(collection, "upserted")
+                    elif _pos(current) is None:
+                        raise CdcError(
+                            f"{collection}: the document {document['_id']!r} has no _cdc.pos: no guarded write"
+                            " can replace it"
+                        )
                     else:
                         stats.stale += 1
                         stats.count(collection, "stale")
+                    stats.count(collection, op)
         return stats
 
     def mark_applied(self, batch_id: int) -> None:
@@ -117,7 +133,7 @@ class MemorySink:
 
     def sweep(self, collection: str, below: int) -> int:
         stored = self.collections.get(collection, {})
-        gone = [key for key, document in stored.items() if _pos(document) < below]
+        gone = [key for key, document in stored.items() if _below(document, below)]
         for key in gone:
             del stored[key]
         return len(gone)
@@ -131,9 +147,9 @@ class MemorySink:
 
     def delete_unchanged(self, collection: str, key: Any, seen: Any) -> None:
         stored = self.collections.get(collection, {})
-        found = stored.get(_key(key))
+        found = stored.get(document_key(key))
         if found is not None and found.get("_cdc") == seen:
-            del stored[_key(key)]
+            del stored[document_key(key)]
 
 
 if TYPE_CHECKING:

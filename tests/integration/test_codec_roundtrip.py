@@ -68,7 +68,7 @@ FORTY = "1234567890123456789012345678901234567890"
 TEN_TO_400 = "1" + "0" * 400
 
 
-# (column, SQL type, the codec's Column (as cdc.tables describes it), [(literal, expected), ...]).
+# (column, SQL type, the codec's Column (as cdc.capture.tables describes it), [(literal, expected), ...]).
 # Row n holds the n-th literal of every column (NULL where a column has fewer).
 # ``expected`` may be a dict {"text": ..., "binary": ...} where the fetch format matters.
 CASES: list[tuple[str, str, Column, list[tuple[str, Any]]]] = [

@@ -54,7 +54,7 @@ def test_pending_batches_are_applied_first_in_batch_order(tmp_path):
         claimed(batches, tmp_path, batch_id)
     worker, applier = worker_for(tmp_path, batches)
     assert worker.finish_pending() == 3
-    assert applier.applies == [3, 4, 5] == applier.applies == batches.applied
+    assert applier.applies == [3, 4, 5] == applier.applied == batches.applied
     assert batches.pending() == [] and worker.stats.last_batch == 5
 
 
