@@ -10,9 +10,9 @@ Triggers are ``ENABLE ALWAYS`` so ``session_replication_role = replica`` cannot 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -91,31 +91,41 @@ def install(
     changed are appended to ``reshaped``. Everything happens in one transaction: a refused table, an
     invalid mapping or a failed grant leaves nothing done.
     """
-    for attempt in range(1, INSTALL_ATTEMPTS + 1):
-        try:
-            return _install_once(
-                conn,
-                table_names,
-                schema=schema,
-                notify=notify,
-                exclude=exclude,
-                grant=grant,
-                mapping_file=mapping_file,
-                reshaped=reshaped,
-            )
-        except PostgresUnavailable as exc:
-            # a deadlock with the application's writers or the worker (install locks every table it
-            # captures): all or nothing, so it is simply tried again
-            if getattr(exc.__cause__, "sqlstate", None) not in _RETRIED_SQLSTATES or attempt == INSTALL_ATTEMPTS:
-                raise
-            log.warning("installing capture: %s; trying again", exc, extra={"action": "install_retry"})
-            if reshaped is not None:
-                reshaped.clear()
-    raise AssertionError("unreachable")
+    return _all_or_nothing(
+        "installing capture",
+        lambda: _install_once(
+            conn,
+            table_names,
+            schema=schema,
+            notify=notify,
+            exclude=exclude,
+            grant=grant,
+            mapping_file=mapping_file,
+            reshaped=reshaped,
+        ),
+        again=reshaped.clear if reshaped is not None else None,
+    )
 
 
 INSTALL_ATTEMPTS = 3
 _RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+_T = TypeVar("_T")
+
+
+def _all_or_nothing(what: str, once: Callable[[], _T], *, again: Callable[[], None] | None = None) -> _T:
+    """``once`` (one transaction), tried again after a deadlock with the application's writers or the
+    worker (install and uninstall lock every table they capture or release), or a serialization
+    failure: all or nothing, so it is simply run again. ``again`` runs before each new attempt."""
+    for attempt in range(1, INSTALL_ATTEMPTS + 1):
+        try:
+            return once()
+        except PostgresUnavailable as exc:
+            if getattr(exc.__cause__, "sqlstate", None) not in _RETRIED_SQLSTATES or attempt == INSTALL_ATTEMPTS:
+                raise
+            log.warning("%s: %s; trying again", what, exc, extra={"action": "install_retry"})
+            if again is not None:
+                again()
+    raise AssertionError("unreachable")
 
 
 def _install_once(
@@ -356,8 +366,13 @@ def uninstall(
 
     With no ``table_names``: every capture trigger, function and key type, the outbox and the ledger
     (schema ``cdc``). With names: only those captured tables (and their partitions and children)
-    stop being captured; their changes already in the outbox or ledger are still exported.
+    stop being captured; their changes already in the outbox or ledger are still exported. One
+    transaction, tried again after a deadlock with the writers (``_all_or_nothing``).
     """
+    return _all_or_nothing("removing capture", lambda: _uninstall_once(conn, table_names, schema=schema))
+
+
+def _uninstall_once(conn: psycopg.Connection[Any], table_names: Sequence[str] | None, *, schema: str) -> int:
     with pg.translated("removing capture"), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [ledger.INSTALL_LOCK_KEY])
         if not is_installed(conn):

@@ -261,3 +261,49 @@ def test_a_row_inserted_by_a_transaction_open_when_the_snapshot_starts_is_not_sw
         assert database.artists.count_documents({"name": "committed late"}) == 1
     finally:
         client.close()
+
+
+def test_an_uninstall_that_meets_a_deadlock_with_a_writer_is_tried_again(dbs, cdc, tmp_path):
+    """`cdc uninstall` locks every captured table in turn; a writer that holds one of them and then asks
+    for one the uninstall already holds makes a deadlock. Whichever side PostgreSQL aborts, the uninstall
+    succeeds (all or nothing, so it is simply run again, as install is)."""
+    env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
+    with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
+        for name in ("dl_first", "dl_second"):
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v int)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 0)").format(sql.Identifier(name)))
+    ok(cdc("install", "--tables", "dl_first,dl_second", env=env))
+    with psycopg.connect(dbs.pg_dsn) as conn:
+        # the order uninstall releases them in (its own read of the catalog)
+        order = [row[0] for row in conn.execute("SELECT relid::regclass::text FROM cdc.captured").fetchall()]
+    first, last = sql.Identifier(order[0]), sql.Identifier(order[-1])
+    writer_victim = False
+    with psycopg.connect(dbs.pg_dsn) as writer:
+        writer.execute(sql.SQL("UPDATE {} SET v = v + 1").format(last))  # holds the table uninstall takes last
+        uninstall = start_cdc("uninstall", "--yes", env=env)
+        try:
+            deadline = time.monotonic() + 60
+            with psycopg.connect(dbs.pg_dsn, autocommit=True) as probe:
+                while not probe.execute(
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = %s::regclass)", [order[-1]]
+                ).fetchone()[0]:
+                    assert time.monotonic() < deadline and uninstall.poll() is None, uninstall.stderr
+                    time.sleep(0.05)
+            try:
+                writer.execute(sql.SQL("UPDATE {} SET v = v + 1").format(first))  # held by the uninstall: a cycle
+                writer.commit()
+            except psycopg.errors.DeadlockDetected:
+                writer.rollback()
+                writer_victim = True
+            _out, err = uninstall.communicate(timeout=120)
+        finally:
+            if uninstall.poll() is None:
+                uninstall.kill()
+    assert uninstall.returncode == 0, err
+    assert writer_victim or ("removing capture: deadlock detected" in err and "trying again" in err), err
+    with psycopg.connect(dbs.pg_dsn) as conn:
+        assert conn.execute("SELECT to_regnamespace('cdc') IS NULL").fetchone()[0]
+        triggers = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('dl_first'::regclass, 'dl_second'::regclass)"
+        ).fetchone()[0]
+        assert triggers == 0
