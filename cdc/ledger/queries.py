@@ -515,6 +515,10 @@ def error_line(exc: BaseException) -> str:
     return line if len(line) <= WORKER_ERROR_CHARS else line[: WORKER_ERROR_CHARS - 1] + "…"
 
 
+def _worker_state_session(conn: psycopg.Connection[Any]) -> None:
+    _run(conn, "worker_state_session")
+
+
 class CycleLog:
     """`cdc run`'s record of its cycles in ``cdc.worker_state``, which `cdc status` reports.
 
@@ -536,7 +540,8 @@ class CycleLog:
         self.lock_pid = lock_pid
         self.stop = stop
         self._ok_every = min(interval_s / 2, WORKER_OK_EVERY_S) if interval_s else 0.0
-        self._conn: psycopg.Connection[Any] | None = None
+        # a small autocommit connection of its own, opened when first needed and again after it broke
+        self._session = pg.Reconnecting(dsn, autocommit=True, connect_timeout=5, configure=_worker_state_session)
         self._failing_since: dt.datetime | None = None
         self._ok_written_at: float | None = None  # monotonic
 
@@ -574,26 +579,13 @@ class CycleLog:
         self._write("worker_cycle_failed", {"since": self._failing_since, "error": error_line(exc)})
 
     def close(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        self._session.close()
 
     def _write(self, name: str, params: dict[str, Any]) -> bool:
         try:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self.close()
-                conn = pg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                try:
-                    _run(conn, "worker_state_session")
-                except psycopg.Error:
-                    conn.close()
-                    raise
-                self._conn = conn
-            _run(self._conn, name, {"pid": self.lock_pid(), "interval": self.interval_s, **params})
+            _run(self._session.get(), name, {"pid": self.lock_pid(), "interval": self.interval_s, **params})
         except (CdcError, psycopg.Error) as exc:
             _log.debug("the worker's last cycle was not recorded: %s", error_line(exc))
-            if self._conn is not None and self._conn.broken:
-                self.close()
             return False
         return True
 
