@@ -7,11 +7,12 @@ from collections.abc import Callable
 import click
 
 from cdc.capture import install as capture
-from cdc.capture import mapping, row_security, tables
+from cdc.capture import row_security
 from cdc.commands.options import F, settings_options
 from cdc.infra import pg
 from cdc.infra.config import Settings
 from cdc.infra.errors import CheckFailed, UsageError
+from cdc.usecases import install as usecase
 
 
 def _table_list(text: str | None) -> list[str] | None:
@@ -96,48 +97,32 @@ def install(
     excluded field until rewritten: run `cdc snapshot` (or `cdc verify --repair`) afterwards.
     """
     exclude = None if exclude_list is None else [name.strip() for name in exclude_list.split(",") if name.strip()]
-    names = _table_list(table_list)
-    mapping_file = None
-    if mapping_path is not None:
-        mapping_file = (
-            (mapping.NO_MAPPING, "") if mapping_path == mapping.NO_MAPPING else mapping.read_file(mapping_path)
-        )
-    reshaped: list[str] = []
-    with pg.connect(settings.pg_dsn()) as conn:
-        if names is None and mapping_file is None:
-            found = [tables.describe(conn, relid, excluded=()) for relid in tables.find_all(conn, None, schema)]
-            click.echo(
-                f"no --tables given: capturing every table with a primary key in schema {schema}: "
-                + ", ".join(info.display for info in found if info is not None)
-            )
-        installed = capture.install(
-            conn,
-            names,
-            schema=schema,
-            notify=notify,
-            exclude=exclude,
-            grant=grant_role,
-            mapping_file=mapping_file,
-            reshaped=reshaped,
-        )
-        with pg.translated("reading row-level security"):
-            hidden = row_security.hidden(conn, installed, grant_role) if grant_role else []
-    click.echo("capturing: " + ", ".join(table.display for table in installed))
-    if mapping_file is not None:
-        click.echo(f"mapping: {mapping_file[0]}")
-    if reshaped:
+    done = usecase.install(
+        settings.pg_dsn(),
+        _table_list(table_list),
+        schema=schema,
+        notify=notify,
+        exclude=exclude,
+        grant=grant_role,
+        mapping_path=mapping_path,
+        announce=click.echo,
+    )
+    click.echo("capturing: " + ", ".join(table.display for table in done.tables))
+    if done.mapping is not None:
+        click.echo(f"mapping: {done.mapping}")
+    if done.reshaped:
         click.echo(
             "collections whose shape changed: "
-            + ", ".join(reshaped)
-            + f"; rebuild them with `cdc snapshot --collections {','.join(reshaped)}`"
+            + ", ".join(done.reshaped)
+            + f"; rebuild them with `cdc snapshot --collections {','.join(done.reshaped)}`"
             + " (when they replace an installed mapping's, a running worker rebuilds them by itself)"
         )
-    for table in installed:
+    for table in done.tables:
         if table.excluded:
             click.echo(f"excluded from {table.display}: " + ", ".join(table.excluded))
     if grant_role:
         click.echo(f"granted the worker role {grant_role}")
-    for table, role in hidden:
+    for table, role in done.hidden:
         click.echo(
             f"cdc: warning: {row_security.describe(table, role)}: `cdc run`, `cdc snapshot` and `cdc verify` as"
             f" {role} would refuse the table; {row_security.fix(table, role)}",
