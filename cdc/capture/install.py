@@ -92,7 +92,6 @@ def install(
     invalid mapping or a failed grant leaves nothing done.
     """
     return _all_or_nothing(
-        "installing capture",
         lambda: _install_once(
             conn,
             table_names,
@@ -103,6 +102,7 @@ def install(
             mapping_file=mapping_file,
             reshaped=reshaped,
         ),
+        action="install_retry",
         again=reshaped.clear if reshaped is not None else None,
     )
 
@@ -112,17 +112,18 @@ _RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization fail
 _T = TypeVar("_T")
 
 
-def _all_or_nothing(what: str, once: Callable[[], _T], *, again: Callable[[], None] | None = None) -> _T:
+def _all_or_nothing(once: Callable[[], _T], *, action: str, again: Callable[[], None] | None = None) -> _T:
     """``once`` (one transaction), tried again after a deadlock with the application's writers or the
     worker (install and uninstall lock every table they capture or release), or a serialization
-    failure: all or nothing, so it is simply run again. ``again`` runs before each new attempt."""
+    failure: all or nothing, so it is simply run again, said in one line (``action``, its log action).
+    ``again`` runs before each new attempt."""
     for attempt in range(1, INSTALL_ATTEMPTS + 1):
         try:
             return once()
         except PostgresUnavailable as exc:
             if getattr(exc.__cause__, "sqlstate", None) not in _RETRIED_SQLSTATES or attempt == INSTALL_ATTEMPTS:
                 raise
-            log.warning("%s: %s; trying again", what, exc, extra={"action": "install_retry"})
+            log.warning("%s; trying again", exc, extra={"action": action})
             if again is not None:
                 again()
     raise AssertionError("unreachable")
@@ -369,7 +370,7 @@ def uninstall(
     stop being captured; their changes already in the outbox or ledger are still exported. One
     transaction, tried again after a deadlock with the writers (``_all_or_nothing``).
     """
-    return _all_or_nothing("removing capture", lambda: _uninstall_once(conn, table_names, schema=schema))
+    return _all_or_nothing(lambda: _uninstall_once(conn, table_names, schema=schema), action="uninstall_retry")
 
 
 def _uninstall_once(conn: psycopg.Connection[Any], table_names: Sequence[str] | None, *, schema: str) -> int:

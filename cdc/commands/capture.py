@@ -97,14 +97,16 @@ def install(
     excluded field until rewritten: run `cdc snapshot` (or `cdc verify --repair`) afterwards.
     """
     exclude = None if exclude_list is None else [name.strip() for name in exclude_list.split(",") if name.strip()]
+    names = _table_list(table_list)
+    mapping_file = usecase.read_mapping(mapping_path)  # (a bad --tables or --mapping before any connection)
     done = usecase.install(
         settings.pg_dsn(),
-        _table_list(table_list),
+        names,
         schema=schema,
         notify=notify,
         exclude=exclude,
         grant=grant_role,
-        mapping_path=mapping_path,
+        mapping_file=mapping_file,
         announce=click.echo,
     )
     click.echo("capturing: " + ", ".join(table.display for table in done.tables))

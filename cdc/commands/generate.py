@@ -12,7 +12,7 @@ from cdc.infra import pg, shutdown
 from cdc.infra.config import Settings
 from generator import csv_io, load
 from generator.sizes import NAMED_SCALES, counts_for, parse_scale
-from generator.workload import Workload
+from generator.workload import Workload, WorkloadStats
 
 
 @click.command()
@@ -77,7 +77,15 @@ def workload(settings: Settings, rate: float, duration: float, seed: int, no_lon
         # Ctrl-C or SIGTERM: the transaction under way finishes, then it stops; a second one stops at once
         stop=shutdown.install_handlers(again_stops_at_once=True),
     )
-    stats = live.run()
+    try:
+        stats = live.run()
+    except KeyboardInterrupt:  # a second signal: stopped at once; what was done is still reported
+        _report(live.stats, rate)
+        raise click.exceptions.Exit(shutdown.exit_code()) from None
+    _report(stats, rate)
+
+
+def _report(stats: WorkloadStats, rate: float) -> None:
     click.echo(
         f"workload: {stats.changes} changes in {stats.transactions} transactions over {stats.seconds:.1f}s "
         f"= {stats.rate:.1f} changes/s (target {rate:g}); {stats.failures} failed transactions"

@@ -20,6 +20,15 @@ class Installed:
     hidden: list[tuple[TableInfo, str]]  # (table, role): rows row-level security hides from the worker role
 
 
+def read_mapping(mapping_path: str | None) -> tuple[str, str] | None:
+    """The document model to install: (filename, TOML text) of ``mapping_path``; ("none", "") to remove
+    the installed one; None (no path) keeps what is installed. Read before anything connects, so a bad
+    path is the error the user sees."""
+    if mapping_path is None:
+        return None
+    return (mapping.NO_MAPPING, "") if mapping_path == mapping.NO_MAPPING else mapping.read_file(mapping_path)
+
+
 def install(
     dsn: str,
     names: Sequence[str] | None,
@@ -28,17 +37,12 @@ def install(
     notify: bool,
     exclude: Sequence[str] | None,
     grant: str | None,
-    mapping_path: str | None,
+    mapping_file: tuple[str, str] | None,
     announce: Callable[[str], None] = lambda _line: None,
 ) -> Installed:
     """Install capture on ``names`` (None: every table with a primary key in ``schema``, or the model's
-    tables), with the document model of ``mapping_path`` ("none" removes the installed one; None keeps
-    it). ``announce`` is told, before anything is done, which tables are chosen when none were named."""
-    mapping_file = None
-    if mapping_path is not None:
-        mapping_file = (
-            (mapping.NO_MAPPING, "") if mapping_path == mapping.NO_MAPPING else mapping.read_file(mapping_path)
-        )
+    tables), with the document model ``mapping_file`` (``read_mapping``). ``announce`` is told, before
+    anything is done, which tables are chosen when none were named."""
     reshaped: list[str] = []
     with pg.connect(dsn) as conn:
         if names is None and mapping_file is None:

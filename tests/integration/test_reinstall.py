@@ -265,8 +265,9 @@ def test_a_row_inserted_by_a_transaction_open_when_the_snapshot_starts_is_not_sw
 
 def test_an_uninstall_that_meets_a_deadlock_with_a_writer_is_tried_again(dbs, cdc, tmp_path):
     """`cdc uninstall` locks every captured table in turn; a writer that holds one of them and then asks
-    for one the uninstall already holds makes a deadlock. Whichever side PostgreSQL aborts, the uninstall
-    succeeds (all or nothing, so it is simply run again, as install is)."""
+    for one the uninstall already holds makes a deadlock. PostgreSQL aborts the uninstall (the writer
+    checks for deadlocks only after 30 s), and the uninstall runs again and succeeds: all or nothing,
+    as install is."""
     env = {**dbs.env(), "CDC_ARCHIVE_DIR": str(tmp_path / "archive"), "CDC_DATA_DIR": str(tmp_path / "data")}
     with psycopg.connect(dbs.pg_dsn, autocommit=True) as conn:
         for name in ("dl_first", "dl_second"):
@@ -277,30 +278,31 @@ def test_an_uninstall_that_meets_a_deadlock_with_a_writer_is_tried_again(dbs, cd
         # the order uninstall releases them in (its own read of the catalog)
         order = [row[0] for row in conn.execute("SELECT relid::regclass::text FROM cdc.captured").fetchall()]
     first, last = sql.Identifier(order[0]), sql.Identifier(order[-1])
-    writer_victim = False
     with psycopg.connect(dbs.pg_dsn) as writer:
+        # the uninstall, waiting first and checking after 1 s, is the one PostgreSQL aborts
+        writer.execute("SET deadlock_timeout = '30s'")
+        writer.execute("SET statement_timeout = '60s'")
         writer.execute(sql.SQL("UPDATE {} SET v = v + 1").format(last))  # holds the table uninstall takes last
         uninstall = start_cdc("uninstall", "--yes", env=env)
         try:
             deadline = time.monotonic() + 60
             with psycopg.connect(dbs.pg_dsn, autocommit=True) as probe:
                 while not probe.execute(
-                    "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = %s::regclass)", [order[-1]]
+                    "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND relation = %s::regclass"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                    [order[-1]],
                 ).fetchone()[0]:
-                    assert time.monotonic() < deadline and uninstall.poll() is None, uninstall.stderr
+                    assert time.monotonic() < deadline and uninstall.poll() is None, "uninstall never waited"
                     time.sleep(0.05)
-            try:
-                writer.execute(sql.SQL("UPDATE {} SET v = v + 1").format(first))  # held by the uninstall: a cycle
-                writer.commit()
-            except psycopg.errors.DeadlockDetected:
-                writer.rollback()
-                writer_victim = True
+            writer.execute(sql.SQL("UPDATE {} SET v = v + 1").format(first))  # held by the uninstall: a cycle
+            writer.commit()
             _out, err = uninstall.communicate(timeout=120)
         finally:
             if uninstall.poll() is None:
                 uninstall.kill()
+                uninstall.communicate()
     assert uninstall.returncode == 0, err
-    assert writer_victim or ("removing capture: deadlock detected" in err and "trying again" in err), err
+    assert "removing capture: deadlock detected" in err and "trying again" in err, err
     with psycopg.connect(dbs.pg_dsn) as conn:
         assert conn.execute("SELECT to_regnamespace('cdc') IS NULL").fetchone()[0]
         triggers = conn.execute(
