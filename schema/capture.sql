@@ -171,6 +171,14 @@ ALTER TABLE cdc.batch_changes ADD COLUMN IF NOT EXISTS joins text[];
 -- A batch's version: a value of cdc.position_seq taken when it is claimed, inside the exporters'
 -- turn, so versions follow the order of the snapshots batches read. Mapped documents carry it.
 ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS version bigint;
+-- A batch is complete when its claim took every outbox change visible in its snapshot (it did not stop
+-- at the batch size, nor at a head position): applied after every earlier batch, it brings the target
+-- to PostgreSQL's state at that snapshot. snapshot_at is the snapshot's time (PostgreSQL's clock, the
+-- claim transaction's start), snapshot its pg_current_snapshot(). NULL: a batch claimed before these
+-- were recorded.
+ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS complete boolean;
+ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS snapshot_at timestamptz;
+ALTER TABLE cdc.batches ADD COLUMN IF NOT EXISTS snapshot text;
 -- false: an UPDATE of a mapped table that changed no column an embedding document shows or joins on
 -- (only the table's own collection is refreshed); NULL or true: every document showing the rows
 ALTER TABLE cdc.outbox ADD COLUMN IF NOT EXISTS shown boolean;

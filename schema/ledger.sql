@@ -69,6 +69,16 @@ WITH claimed AS (DELETE FROM cdc.outbox WHERE pos = ANY(%(positions)s) RETURNING
 INSERT INTO cdc.batch_changes (batch_id, pos, relid, op, keys, joins, shown)
 SELECT %(batch)s, pos, relid, op, keys, joins, shown FROM claimed
 
+-- name: claim_completeness
+-- After the claimed rows moved (this transaction no longer sees them): whether any outbox change
+-- visible in the claim's snapshot is left; recorded with the snapshot's time and identity.
+UPDATE cdc.batches
+SET complete = NOT EXISTS (SELECT FROM cdc.outbox),
+    snapshot_at = transaction_timestamp(),
+    snapshot = pg_current_snapshot()::text
+WHERE batch_id = %(batch)s
+RETURNING complete, snapshot_at, snapshot
+
 -- name: give_back_batch_id
 -- An id drawn by a claim that rolled back, given back while nobody drew one since.
 SELECT setval('cdc.batch_seq', %(batch)s, false) FROM cdc.batch_seq WHERE last_value = %(batch)s AND is_called

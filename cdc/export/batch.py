@@ -91,11 +91,21 @@ class DrainSession(pg.Reconnecting):
 
 def _claim(
     conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: str, fence: Fence | None = None
-) -> tuple[int, list[int]] | None:
+) -> ledger.Claim | None:
     if fence is not None:
         fence(conn)
-    claimed = ledger.claim(conn, batch_size, up_to, mode)
-    return None if claimed is None else (claimed.batch_id, claimed.positions)
+    return ledger.claim(conn, batch_size, up_to, mode)
+
+
+def consistency(claimed: ledger.Claim) -> dict[str, Any]:
+    """What a batch's manifest says of the PostgreSQL state it brings the target to: ``complete`` (its
+    claim took every change visible in its snapshot), the snapshot's time (``snapshot_at``, ISO 8601,
+    PostgreSQL's clock) and identity (``snapshot``, a ``pg_snapshot``)."""
+    return {
+        "complete": claimed.complete,
+        "snapshot_at": claimed.snapshot_at.isoformat(),
+        "snapshot": claimed.snapshot,
+    }
 
 
 def check_row_security(conn: psycopg.Connection[Any], table: TableInfo) -> None:
@@ -292,12 +302,12 @@ def export_batch(
             if claimed is None:
                 conn.rollback()
                 return None
-            batch_id, positions = claimed
+            batch_id, positions = claimed.batch_id, claimed.positions
             faults.point("after_claim")
             writer = write_batch(conn, archive_dir, batch_id)
             manifest_counts = writer.collection_counts()
             try:
-                writer.finish(positions[0], positions[-1], {"mode": mode})
+                writer.finish(positions[0], positions[-1], {"mode": mode, **consistency(claimed)})
             except OSError as exc:
                 writer.abort()
                 raise ArchiveWriteError(f"batch {batch_id}: cannot write to {archive_dir}: {exc.strerror}") from None
@@ -308,7 +318,7 @@ def export_batch(
         except BaseException as exc:
             conn.rollback()
             if claimed is not None and isinstance(exc, ArchiveWriteError):
-                _give_back(conn, claimed[0])
+                _give_back(conn, claimed.batch_id)
             raise
         path = writer.publish()
     changes = sum(counter.get("upsert", 0) + counter.get("delete", 0) for counter in manifest_counts.values())

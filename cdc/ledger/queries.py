@@ -64,6 +64,12 @@ class Claim:
     batch_id: int
     positions: list[int]
     keys: int
+    # every outbox change visible in the claim's snapshot was claimed (the batch size and the head
+    # position did not cut it): applied after the batches before it, the target is PostgreSQL at
+    # ``snapshot_at`` (the snapshot's time on PostgreSQL's clock; ``snapshot``: its pg_snapshot)
+    complete: bool
+    snapshot_at: dt.datetime
+    snapshot: str
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
@@ -141,7 +147,9 @@ def claim(conn: psycopg.Connection[Any], batch_size: int, up_to: int, mode: Mode
         {"batch": batch_id, "mode": str(mode), "pos_min": chosen[0], "pos_max": chosen[-1], "keys": keys},
     )
     _run(conn, "move_claimed", {"positions": chosen, "batch": batch_id})
-    return Claim(batch_id, chosen, keys)
+    row = _run(conn, "claim_completeness", {"batch": batch_id}).fetchone()
+    assert row is not None
+    return Claim(batch_id, chosen, keys, bool(row[0]), row[1], str(row[2]))
 
 
 def give_back_batch_id(conn: psycopg.Connection[Any], batch_id: int) -> None:

@@ -100,7 +100,10 @@ class PgBatches:
                 info = ledger.batch_info(conn, batch_id)
                 assert info is not None
                 try:
-                    writer.finish(info.pos_min, info.pos_max, {"mode": str(info.mode), "reexported": True})
+                    # read again in a later snapshot than its claim's: it no longer shows PostgreSQL at
+                    # one moment, whatever the claim was (the ledger keeps the claim's completeness)
+                    extra = {"mode": str(info.mode), "reexported": True, "complete": False}
+                    writer.finish(info.pos_min, info.pos_max, extra)
                 except OSError as exc:
                     writer.abort()
                     raise ArchiveWriteError(f"batch {batch_id}: cannot re-export: {exc.strerror}") from None
